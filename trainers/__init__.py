@@ -1,0 +1,1 @@
+"""Training the textbook models so vistool can explain them."""

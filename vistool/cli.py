@@ -1,0 +1,214 @@
+"""The ``vistool`` command line: parse, call the library, render, save.
+
+User mistakes (a missing image, an unknown layer, a mismatched checkpoint ...) print one
+line ``vistool: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from .errors import VistoolError
+
+EXIT_USAGE = 2
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", "-m", required=True,
+                       help="torchvision name (vgg16, resnet50 ...), book model name, a trainers "
+                            "checkpoint (.safetensors), path/to/file.py:factory or "
+                            "package.module:factory")
+    group.add_argument("--weights", default="default",
+                       help="'default' (pretrained weights from the torch hub cache, or the "
+                            "checkpoint's own), 'none' (random init) or a state-dict file "
+                            "(default: %(default)s)")
+    group.add_argument("--checkpoint", metavar="FILE",
+                       help="weights for a file.py:factory model (same as --weights FILE)")
+    group.add_argument("--device", default="auto",
+                       help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps "
+                            "(default: %(default)s)")
+    group.add_argument("--input-size", metavar="SIZE",
+                       help="model input as H or C,H,W (default: from the model, else 3,224,224)")
+    group.add_argument("--mean", type=_floats, metavar="M1,M2,M3",
+                       help="per-channel normalisation mean (default: from the model, else "
+                            "ImageNet's)")
+    group.add_argument("--std", type=_floats, metavar="S1,S2,S3",
+                       help="per-channel normalisation std (default: as --mean)")
+    group.add_argument("--classes", metavar="FILE",
+                       help="class names, one per line (default: from the weights/checkpoint)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _channels(text: str) -> list[int]:
+    """``0-31`` / ``0,4,9-12`` -> list of channel indices."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"channels must look like 0-31 or 0,4,9-12, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"no valid channels in {text!r}")
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from .zoo import load_model
+
+    weights = args.checkpoint if args.checkpoint else args.weights
+    return load_model(args.model, weights=weights, device=args.device,
+                      input_size=args.input_size, mean=args.mean, std=args.std,
+                      classes=args.classes)
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    rows = loaded.layers
+    if args.json:
+        print(json.dumps([row.to_dict() for row in rows], indent=1))
+        return 0
+    header = ("name", "type", "output shape", "params")
+    table = [(r.name, r.type, "x".join(map(str, r.output_shape)) if r.output_shape else "-",
+              f"{r.params:,}") for r in rows]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in table:
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))))
+    total = sum(p.numel() for p in loaded.model.parameters())
+    size = "x".join(map(str, loaded.input_size))
+    print(f"\n{len(rows)} layers, {total:,} parameters, input {size}, "
+          f"default target layer: {loaded.default_layer}")
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "root"
+
+
+def _cmd_activations(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .activations import activations, channel_stats
+    from .imageio import expand_inputs, load_image
+    from .outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
+    from .render import channel_grid
+
+    paths = expand_inputs(args.images)
+    loaded = _load(args)
+    layers = args.layer or [loaded.default_layer]
+    from .layers import resolve_layers
+
+    resolve_layers(loaded.model, layers)
+    # Read every image before writing anything: a bad file fails the run up front.
+    tensors = [loaded.transform(load_image(p)) for p in paths]
+    start = time.perf_counter()
+    outputs = []
+    out_dir = resolve_run_dir(args.out, "activations")
+    with run_directory(out_dir) as staging:
+        for first in tqdm(range(0, len(paths), args.batch_size), desc="activations",
+                          file=sys.stderr, disable=len(paths) <= args.batch_size):
+            batch = torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)
+            result = activations(loaded, batch, layers)
+            for j in range(len(batch)):
+                index = first + j
+                stem = f"{index:03d}-{_slug(paths[index].stem)}"
+                for layer in layers:
+                    act = result.layers[layer][j]
+                    count = act.shape[0]
+                    channels = args.channels
+                    if channels is not None and max(channels) >= count:
+                        raise VistoolError(f"layer {layer!r} has {count} channels; --channels "
+                                           f"must be within 0-{count - 1}")
+                    base = f"{stem}_{_slug(layer)}"
+                    save_npy(staging / f"{base}.npy", act)
+                    grid = channel_grid(act, channels, normalization=args.normalization,
+                                        colormap=args.colormap)
+                    save_png(staging / f"{base}.png", grid)
+                    stats = {k: v.tolist() for k, v in channel_stats(act).items()}
+                    outputs.append({"image": str(paths[index]), "layer": layer,
+                                    "shape": list(act.shape), "png": f"{base}.png",
+                                    "npy": f"{base}.npy",
+                                    "caption": f"{paths[index].name} · {layer}",
+                                    "channel_stats": stats})
+        info = manifest(
+            "activations", [str(p) for p in paths],
+            {"model": args.model, "weights": args.checkpoint or args.weights, "layers": layers,
+             "channels": args.channels, "normalization": args.normalization,
+             "colormap": args.colormap, "device": str(loaded.device)},
+            outputs, timings={"seconds": round(time.perf_counter() - start, 4)})
+        save_json(staging / "manifest.json", info)
+    print(f"wrote {len(outputs)} activation grids to {out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vistool`` command (all subcommands)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vistool", description="Make trained convolutional networks explain themselves.")
+    parser.add_argument("--version", action="version", version=f"vistool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="print the layer table of a model",
+                       description="Print every layer with its type, output shape and "
+                                   "parameter count (one dry forward pass).")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {name, type, output_shape, params, calls}")
+    p.set_defaults(func=_cmd_layers)
+
+    p = sub.add_parser("activations", help="render the activations of layers for images",
+                       description="Write a channel grid PNG, the raw .npy and channel "
+                                   "statistics per image and layer, plus manifest.json.")
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files or directories")
+    p.add_argument("--layer", "-l", action="append",
+                   help="layer name (repeatable; default: the model's default target layer)")
+    p.add_argument("--channels", type=_channels, metavar="RANGE",
+                   help="channels to show, e.g. 0-31 or 0,4,9-12 (default: all)")
+    p.add_argument("--normalization", choices=("channel", "layer"), default="channel",
+                   help="scale each channel on its own or all by one range (default: %(default)s)")
+    p.add_argument("--colormap", default="viridis",
+                   help="matplotlib colormap (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--out", "-o",
+                   help="output directory, must be new or empty "
+                        "(default: vistool-out/<timestamp>-activations)")
+    p.set_defaults(func=_cmd_activations)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vistool`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except VistoolError as exc:
+        message = " ".join(str(exc).split())
+        print(f"vistool: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vistool: interrupted", file=sys.stderr)
+        return 130

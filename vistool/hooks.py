@@ -1,0 +1,137 @@
+"""Recording layer outputs with forward hooks: the only place vistool registers hooks.
+
+``record`` registers forward hooks on named modules inside a context manager and
+removes them in ``finally``. With ``gradients=True`` the captured outputs stay in the
+autograd graph, so a caller takes ``torch.autograd.grad(score, rec.outputs)``: no
+backward hooks, nothing below the layers computed, no parameter ``.grad`` touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import resolve_layers
+
+__all__ = ["Recording", "preserved_state", "record"]
+
+
+def _map_tensors(fn, value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return type(value)(*(_map_tensors(fn, v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(fn, v) for v in value)
+    return value
+
+
+class Recording:
+    """Outputs captured by :func:`record`, addressed by layer name.
+
+    ``rec[name]`` is the last output of that layer, ``rec.all(name)`` every output in
+    call order (a module that runs twice in one forward yields both), and
+    ``rec.outputs`` the last output of each requested layer, in request order.
+    """
+
+    def __init__(self, names: Sequence[str], gradients: bool):
+        self.names = list(names)
+        self.gradients = gradients
+        self._store: dict[str, list[Any]] = {n: [] for n in self.names}
+
+    def __getitem__(self, name: str) -> Any:
+        calls = self.all(name)
+        if not calls:
+            raise KeyError(f"layer {name!r} did not run in the recorded forward pass")
+        return calls[-1]
+
+    def __contains__(self, name: object) -> bool:
+        return bool(self._store.get(name))  # type: ignore[arg-type]
+
+    def all(self, name: str) -> list[Any]:
+        """Every captured output of ``name``, in call order."""
+        if name not in self._store:
+            raise KeyError(f"layer {name!r} was not recorded; recorded: {self.names}")
+        return list(self._store[name])
+
+    @property
+    def outputs(self) -> list[Any]:
+        """The last output of each recorded layer, in the order the layers were asked for."""
+        return [self[n] for n in self.names]
+
+    def clear(self) -> None:
+        """Forget captured outputs (hooks stay registered)."""
+        for calls in self._store.values():
+            calls.clear()
+
+    def _hook(self, name: str):
+        store = self._store[name]
+
+        if self.gradients:
+
+            def hook(_module, _inputs, output):
+                store.append(output)
+                # Hand the rest of the network a copy: an in-place op downstream
+                # (ReLU(inplace=True)) then modifies the copy, and the captured tensor keeps
+                # this layer's own grad_fn.
+                return _map_tensors(lambda t: t.clone() if t.requires_grad else t, output)
+
+        else:
+
+            def hook(_module, _inputs, output):
+                store.append(_map_tensors(lambda t: t.detach().clone(), output))
+
+        return hook
+
+
+@contextlib.contextmanager
+def record(
+    model: nn.Module, layers: str | Sequence[str], gradients: bool = False
+) -> Iterator[Recording]:
+    """Record the outputs of the named layers of ``model`` during the forward passes in the block.
+
+    Args:
+        model: any ``nn.Module``.
+        layers: a dotted module name (``"layer4.1.conv2"``) or a sequence of them.
+        gradients: if False, outputs are detached clones (safe from later in-place ops);
+            if True, they stay in the autograd graph for ``torch.autograd.grad``.
+
+    Raises:
+        LayerError: a name is not a module of ``model``; the message lists the closest names.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    modules = resolve_layers(model, names)
+    rec = Recording(names, gradients)
+    handles = []
+    try:
+        for name, module in zip(names, modules):
+            handles.append(module.register_forward_hook(rec._hook(name)))
+        yield rec
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module, eval_mode: bool = False) -> Iterator[nn.Module]:
+    """Restore the train/eval flags, ``requires_grad`` and ``.grad`` of every module on exit.
+
+    With ``eval_mode=True`` the model runs in eval mode inside the block (so batch norm
+    statistics and dropout are left alone) and gets its own flags back afterwards.
+    """
+    training = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for module, flag in training:
+            module.training = flag
+        for param, requires_grad, grad in params:
+            param.requires_grad_(requires_grad)
+            param.grad = grad

@@ -1,0 +1,156 @@
+"""The layer table of a model, layer-name resolution and the default target layer.
+
+Layers are addressed by the dotted names of ``model.named_modules()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .errors import LayerError, suggestion
+
+__all__ = ["LayerInfo", "default_layer", "layer_names", "layer_table", "resolve_layers"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of a layer table: dotted name, module type, output shape (batch included), params.
+
+    ``params`` counts the parameters of the module and its children. ``calls`` is how
+    often the module ran in the dry forward pass (a shared module runs more than once);
+    ``output_shape`` is that of its last call, or of the first tensor of a tuple output.
+    """
+
+    name: str
+    type: str
+    output_shape: list[int] | None
+    params: int
+    calls: int
+    finished: int = -1  # position of the module's last completion in the dry run
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: name, type, output_shape, params, calls."""
+        row = asdict(self)
+        del row["finished"]
+        return row
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of every submodule (the root, named ``""``, excluded)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The modules named ``names``; an unknown name raises :class:`LayerError` with suggestions."""
+    modules = dict(model.named_modules())
+    found = []
+    for name in names:
+        module = modules.get(name) if name else None
+        if module is None:
+            raise LayerError(
+                f"no layer named {name!r} in {type(model).__name__}"
+                + suggestion(name, layer_names(model), "layers with 'vistool layers'")
+            )
+        found.append(module)
+    return found
+
+
+def _first_tensor(value) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, dict):
+        for v in value.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
+    """Run one dry forward pass of a zero batch of shape ``(1, *input_size)`` and tabulate layers.
+
+    The model runs in eval mode under ``torch.no_grad`` and gets its own flags back; no
+    statistics are updated and no hooks remain. Modules that did not run have
+    ``output_shape=None``. Rows are in ``named_modules`` order.
+    """
+    from .hooks import preserved_state  # hooks imports this module
+
+    shapes: dict[str, list[int] | None] = {}
+    calls: dict[str, int] = {}
+    finished: dict[str, int] = {}
+    clock = itertools.count()
+    handles = []
+    named = [(n, m) for n, m in model.named_modules() if n]
+
+    def make_hook(name):
+        def hook(_module, _inputs, output):
+            tensor = _first_tensor(output)
+            shapes[name] = list(tensor.shape) if tensor is not None else None
+            calls[name] = calls.get(name, 0) + 1
+            finished[name] = next(clock)
+
+        return hook
+
+    x = torch.zeros((1, *input_size), device=_model_device(model))
+    with preserved_state(model, eval_mode=True), torch.no_grad():
+        try:
+            for name, module in named:
+                handles.append(module.register_forward_hook(make_hook(name)))
+            model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return [
+        LayerInfo(
+            name=name,
+            type=type(module).__name__,
+            output_shape=shapes.get(name),
+            params=sum(p.numel() for p in module.parameters()),
+            calls=calls.get(name, 0),
+            finished=finished.get(name, -1),
+        )
+        for name, module in named
+    ]
+
+
+def default_layer(model: nn.Module, input_size: Sequence[int] | None = None,
+                  table: list[LayerInfo] | None = None) -> str:
+    """The usual Grad-CAM layer: the last module to finish whose output still has spatial extent.
+
+    Among modules that hold parameters (directly or in children) and output a 4-d
+    tensor with height or width > 1, the one whose forward pass finished last; for a
+    ResNet that is ``layer4``, for VGG ``features``, for GoogLeNet ``inception5b``.
+    Pass ``table`` to reuse a computed :func:`layer_table`.
+    """
+    if table is None:
+        if input_size is None:
+            raise ValueError("default_layer needs input_size or a layer table")
+        table = layer_table(model, input_size)
+    candidates = [
+        row for row in table
+        if row.params > 0 and row.output_shape is not None and len(row.output_shape) == 4
+        and max(row.output_shape[2:]) > 1
+    ]
+    if not candidates:
+        raise LayerError(
+            f"{type(model).__name__} has no layer with a spatial output; name one with --layer"
+        )
+    return max(candidates, key=lambda row: row.finished).name

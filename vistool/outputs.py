@@ -1,0 +1,208 @@
+"""Writing outputs: atomic files, per-run directories, manifests and the HTML gallery.
+
+Nothing half-written is left behind: files are written to a temporary name and renamed,
+and a run directory is assembled under a hidden temporary name and renamed into place
+only when the run succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import html
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "atomic_path",
+    "manifest",
+    "resolve_run_dir",
+    "run_directory",
+    "save_json",
+    "save_npy",
+    "save_png",
+    "versions",
+    "write_gallery",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
+                               dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_npy(path: str | os.PathLike, array) -> Path:
+    """Write a tensor or array to ``.npy``, atomically."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(array))
+    return Path(path)
+
+
+def save_png(path: str | os.PathLike, image) -> Path:
+    """Write an RGB image (uint8 HWC array, or float CHW tensor in [0, 1]) as PNG, atomically."""
+    from PIL import Image
+
+    from .render import to_uint8_hwc
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8_hwc(image)).save(tmp, format="PNG")
+    return Path(path)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, vistool and the main libraries, for manifests."""
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "python": platform.python_version(),
+        "vistool": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def default_run_name(kind: str) -> str:
+    """``<timestamp>-<kind>``, e.g. ``20261123-190405-activations``."""
+    return f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{kind}"
+
+
+def resolve_run_dir(out: str | os.PathLike | None, kind: str) -> Path:
+    """``out``, or ``vistool-out/<timestamp>-<kind>`` when it is None."""
+    return Path(out) if out is not None else Path("vistool-out") / default_run_name(kind)
+
+
+@contextlib.contextmanager
+def run_directory(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging directory that becomes ``final`` only if the block succeeds.
+
+    Files are written into a hidden sibling directory that is renamed to ``final`` at
+    the end; on error it is removed, so a failed run leaves nothing behind. An existing
+    non-empty ``final`` is refused.
+    """
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        from .errors import VistoolError
+
+        raise VistoolError(
+            f"output directory {str(final)!r} already exists and is not empty; "
+            "choose another --out or remove it"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial",
+                                    dir=final.parent))
+    try:
+        yield staging
+        if final.exists():
+            final.rmdir()
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def manifest(kind: str, inputs: list[str], options: Mapping[str, Any], outputs: list[Any],
+             seed: int | None = None, timings: Mapping[str, float] | None = None,
+             **extra: Any) -> dict[str, Any]:
+    """The ``manifest.json`` content common to every command."""
+    return {
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": sys.argv,
+        "inputs": inputs,
+        "options": dict(options),
+        "seed": seed,
+        "timings": dict(timings or {}),
+        "versions": versions(),
+        **extra,
+        "outputs": outputs,
+    }
+
+
+_GALLERY_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
+section{margin-bottom:2.5em} figure{display:inline-block;margin:.5em;vertical-align:top}
+img{max-width:320px;image-rendering:pixelated;border:1px solid #ccc;background:#fff}
+figcaption{font-size:.8em;max-width:320px;word-break:break-all} code{background:#eee}
+"""
+
+
+def write_gallery(root: str | os.PathLike, title: str = "vistool outputs") -> Path:
+    """Write ``root/index.html`` listing the PNGs of every run directory under ``root``.
+
+    Each subdirectory with a ``manifest.json`` becomes a section (its ``kind`` and
+    options); each PNG listed in the manifest's ``outputs`` (entries with a ``png`` key
+    and an optional ``caption``) becomes a figure.
+    """
+    root = Path(root)
+    sections = []
+    for run in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+        meta = json.loads((run / "manifest.json").read_text())
+        figures = []
+        for item in meta.get("outputs", []):
+            if not isinstance(item, Mapping) or "png" not in item:
+                continue
+            src = html.escape(f"{run.name}/{item['png']}")
+            caption = html.escape(str(item.get("caption", item["png"])))
+            figures.append(
+                f'<figure><a href="{src}"><img src="{src}" alt="{caption}"></a>'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
+        options = html.escape(json.dumps(meta.get("options", {})))
+        sections.append(
+            f"<section><h2>{html.escape(str(meta.get('kind', run.name)))} "
+            f"<small><code>{html.escape(run.name)}</code></small></h2>"
+            f"<p><code>{options}</code></p>{''.join(figures)}</section>"
+        )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_GALLERY_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        + "".join(sections) + "</body></html>\n"
+    )
+    path = root / "index.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(page)
+    return path

@@ -1,0 +1,118 @@
+"""Turning tensors into pictures: colour maps, overlays and channel grids.
+
+Everything works on torch tensors on their own device; ``to_uint8_hwc`` is the one
+exit to NumPy, used when a picture is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import VistoolError
+
+__all__ = ["apply_colormap", "channel_grid", "normalize", "overlay", "to_uint8_hwc"]
+
+
+@lru_cache(maxsize=16)
+def _lut(name: str) -> np.ndarray:
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        from .errors import suggestion
+
+        raise VistoolError(
+            f"unknown colormap {name!r}" + suggestion(name, list(matplotlib.colormaps), "colormaps")
+        ) from None
+    return cmap(np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+
+
+def apply_colormap(values: torch.Tensor, name: str = "viridis") -> torch.Tensor:
+    """Map values in [0, 1] of shape (..., H, W) to RGB floats of shape (..., 3, H, W)."""
+    lut = torch.from_numpy(_lut(name)).to(values.device)
+    index = (values.clamp(0, 1) * 255).round().long()
+    rgb = lut[index]  # (..., H, W, 3)
+    return rgb.movedim(-1, -3)
+
+
+def normalize(values: torch.Tensor, dims: Sequence[int] = (-2, -1)) -> torch.Tensor:
+    """Min-max scale to [0, 1] over ``dims``; a constant slice becomes zeros (never NaN)."""
+    lo = values.amin(dim=tuple(dims), keepdim=True)
+    hi = values.amax(dim=tuple(dims), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (values - lo) / span.clamp_min(1e-12), torch.zeros_like(values))
+
+
+def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5,
+            colormap: str = "jet") -> torch.Tensor:
+    """Blend a colour-mapped heatmap (H, W) in [0, 1] onto an RGB image (3, H, W) in [0, 1].
+
+    The heatmap is resized bilinearly to the image if their sizes differ.
+    """
+    if heatmap.shape[-2:] != image.shape[-2:]:
+        heatmap = F.interpolate(heatmap[None, None].float(), size=image.shape[-2:],
+                                mode="bilinear", align_corners=False)[0, 0]
+    colored = apply_colormap(heatmap, colormap)
+    return ((1 - alpha) * image + alpha * colored).clamp(0, 1)
+
+
+def channel_grid(act: torch.Tensor, channels: Sequence[int] | None = None,
+                 normalization: str = "channel", colormap: str = "viridis",
+                 cell: int = 64, pad: int = 2) -> torch.Tensor:
+    """Render the channels of one activation (C, H, W) as a colour-mapped grid (3, H', W').
+
+    Args:
+        act: activations of one image at one layer. A (C,) vector is shown as 1x1 cells.
+        channels: indices to show (default all).
+        normalization: ``"channel"`` scales each channel to [0, 1] on its own;
+            ``"layer"`` uses one min/max for all shown channels, so strengths compare.
+        colormap: a matplotlib colormap name.
+        cell: each channel is upscaled (nearest) to about this many pixels on its longer side.
+        pad: pixels of white between cells.
+    """
+    if act.dim() == 1:
+        act = act[:, None, None]
+    if act.dim() != 3:
+        raise VistoolError(f"expected activations of shape (C, H, W), got {tuple(act.shape)}")
+    if channels is not None:
+        act = act[list(channels)]
+    act = act.float()
+    if normalization == "channel":
+        scaled = normalize(act)
+    elif normalization == "layer":
+        scaled = normalize(act, dims=(0, 1, 2))
+    else:
+        raise VistoolError(f"normalization must be 'channel' or 'layer', not {normalization!r}")
+    count, height, width = scaled.shape
+    factor = max(1, cell // max(height, width))
+    scaled = scaled.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    rgb = apply_colormap(scaled, colormap)  # (C, 3, h, w)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    h, w = rgb.shape[-2:]
+    grid = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad, device=act.device)
+    for i in range(count):
+        r, c = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[:, top:top + h, left:left + w] = rgb[i]
+    return grid
+
+
+def to_uint8_hwc(image) -> np.ndarray:
+    """A float tensor/array (3, H, W) in [0, 1], or a uint8 (H, W, 3) array -> uint8 (H, W, 3)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().clamp(0, 1).mul(255).round().byte()
+        return image.permute(1, 2, 0).cpu().numpy() if image.dim() == 3 else image.cpu().numpy()
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.transpose(1, 2, 0)
+    return image

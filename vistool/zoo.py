@@ -1,0 +1,347 @@
+"""Loading models: torchvision names, trainers' checkpoints, user factories, plain modules.
+
+``load_model(spec, weights=...)`` returns a :class:`LoadedModel`: the model in eval mode
+on its device, with the preprocessing, class names, input size and default target
+layer that belong to it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import apply_state_dict, load_checkpoint
+from .errors import CheckpointError, ModelError, TargetError, WeightsError, suggestion
+from .imageio import ImageSource, make_transform, preprocess
+from .layers import LayerInfo, default_layer, layer_table
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LoadedModel",
+    "list_models",
+    "load_model",
+    "parse_input_size",
+    "resolve_device",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to feed it images and name its outputs.
+
+    Attributes:
+        model: the ``nn.Module`` (eval mode when built by :func:`load_model`).
+        transform: PIL RGB image -> normalised tensor (C, H, W).
+        classes: class names indexed like the model's outputs, or None.
+        input_size: (C, H, W) the model expects.
+        mean, std: the normalisation inside ``transform`` (per channel).
+        spec: what the model was loaded from.
+        metadata: checkpoint metadata (training config, metrics ...), if any.
+    """
+
+    model: nn.Module
+    transform: Callable[[Any], torch.Tensor]
+    classes: list[str] | None
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    spec: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @cached_property
+    def layers(self) -> list[LayerInfo]:
+        """The layer table (computed once by a dry forward pass)."""
+        return layer_table(self.model, self.input_size)
+
+    @cached_property
+    def default_layer(self) -> str:
+        """The usual Grad-CAM layer; see :func:`vistool.layers.default_layer`."""
+        return default_layer(self.model, table=self.layers)
+
+    def preprocess(self, images: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
+        """Load and transform images into a batch on the model's device."""
+        return preprocess(images, self.transform, self.device)
+
+    def class_name(self, index: int) -> str | None:
+        """The name of class ``index``, or None when the model has no class names."""
+        return self.classes[index] if self.classes and 0 <= index < len(self.classes) else None
+
+    def class_index(self, target: int | str, num_classes: int | None = None) -> int:
+        """Resolve a class index or name to an index, with a clear error when it is invalid."""
+        count = num_classes if num_classes is not None else (
+            len(self.classes) if self.classes else None)
+        if isinstance(target, str) and not target.lstrip("-").isdigit():
+            if not self.classes:
+                raise TargetError(f"class {target!r} given by name, but the model has no class "
+                                  "names; give an index or --classes FILE")
+            if target not in self.classes:
+                raise TargetError(f"unknown class {target!r}"
+                                  + suggestion(target, self.classes, "class names"))
+            return self.classes.index(target)
+        index = int(target)
+        if count is not None and not 0 <= index < count:
+            raise TargetError(f"class index {index} is out of range; the model has {count} "
+                              f"classes (0..{count - 1})")
+        return index
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) picks CUDA, then MPS, then CPU; anything else is checked and used."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("device 'mps' requested but MPS is not available; use --device cpu")
+    return dev
+
+
+def parse_input_size(value: int | str | Sequence[int]) -> tuple[int, int, int]:
+    """``32`` -> (3, 32, 32); ``"1,28,28"`` -> (1, 28, 28); ``"64,48"`` -> (3, 64, 48)."""
+    if isinstance(value, int):
+        parts = [value]
+    elif isinstance(value, str):
+        try:
+            parts = [int(p) for p in value.replace("x", ",").split(",") if p.strip()]
+        except ValueError:
+            parts = []
+    else:
+        parts = [int(p) for p in value]
+    if len(parts) == 1:
+        parts = [3, parts[0], parts[0]]
+    elif len(parts) == 2:
+        parts = [3, *parts]
+    if len(parts) != 3 or min(parts) < 1:
+        raise ModelError(f"input size {value!r} is not valid; give H (square), H,W or C,H,W")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _read_classes(classes: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
+    if classes is None or (isinstance(classes, (list, tuple))):
+        return list(classes) if classes is not None else None
+    path = Path(classes)
+    if not path.is_file():
+        raise ModelError(f"classes file {str(path)!r} does not exist; give one name per line")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ModelError(f"classes file {str(path)!r} is empty; give one name per line")
+    return names
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _book_registry():
+    from trainers import models as book
+
+    return book
+
+
+def list_models() -> dict[str, list[str]]:
+    """Model names ``load_model`` accepts: torchvision classifiers and the trainers' book models."""
+    return {"torchvision": _torchvision_names(), "book": _book_registry().list_models()}
+
+
+def _hub_file(weights) -> Path:
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module, Any]:
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(name).DEFAULT
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, **kwargs), enum
+    try:
+        return torchvision.models.get_model(name, weights=enum, **kwargs), enum
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        cached = _hub_file(enum)
+        raise WeightsError(
+            f"pretrained weights for {name} are not cached and could not be downloaded "
+            f"({getattr(exc, 'reason', exc)}); looked for {cached} (cache directory "
+            f"{cached.parent}, set TORCH_HOME to move it); copy the file there, or use "
+            "--weights none (random init) or --weights FILE (a state dict)"
+        ) from None
+
+
+def _build_arch(arch: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Rebuild a checkpoint's architecture: a registered book model or a torchvision name."""
+    book = _book_registry()
+    if arch in book.list_models():
+        return book.get_model(arch, **kwargs)
+    if arch in _torchvision_names():
+        return _build_torchvision(arch, pretrained=False, **kwargs)[0]
+    raise CheckpointError(
+        f"checkpoint names architecture {arch!r}, which is neither a vistool book model nor a "
+        "torchvision model; load it with --model file.py:factory --checkpoint FILE"
+    )
+
+
+def _call_factory(spec: str) -> nn.Module:
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise ModelError(f"model file {target!r} does not exist; check the path in {spec!r}")
+        mod_name = f"vistool_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise ModelError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelError(f"cannot import module {target!r} ({exc}); check {spec!r}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise ModelError(f"{target!r} has no callable {attr!r}" + suggestion(attr, names, "names"))
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelError(f"{spec} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_model(
+    spec: str | os.PathLike | nn.Module,
+    weights: str | os.PathLike = "default",
+    device: str | torch.device | None = "auto",
+    input_size: int | str | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: str | os.PathLike | Sequence[str] | None = None,
+) -> LoadedModel:
+    """Build or load a model and everything needed to explain it.
+
+    Args:
+        spec: a torchvision classification model name (``"vgg16"``), a vistool book model
+            name (``"lenet"``), a checkpoint written by ``trainers`` (``.safetensors``; it
+            rebuilds its own architecture), ``"path/to/file.py:factory"`` or
+            ``"package.module:factory"`` (a callable returning an ``nn.Module``), or an
+            ``nn.Module`` instance.
+        weights: ``"default"`` (torchvision's default pretrained weights through the torch
+            hub cache; a checkpoint's own weights; a factory's own initialisation),
+            ``"none"`` (random initialisation), or a path to a state dict / checkpoint.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:1"`` ...
+        input_size: (C, H, W), ``"C,H,W"`` or H; defaults to what the model or checkpoint
+            states, else ImageNet's (3, 224, 224).
+        mean, std: per-channel normalisation; defaults likewise (ImageNet's).
+        classes: class names, or a file with one name per line.
+
+    Raises:
+        ModelError, WeightsError, CheckpointError: with a message saying what to do.
+    """
+    dev = resolve_device(device)
+    meta: dict[str, Any] = {}
+    resize: int | None = None
+    spec_str = str(spec) if not isinstance(spec, nn.Module) else type(spec).__name__
+    weights = str(weights)
+    weight_file = None if weights in ("default", "none") else Path(weights)
+
+    if isinstance(spec, nn.Module):
+        model = spec
+    elif Path(spec_str).suffix in CHECKPOINT_SUFFIXES and ":" not in spec_str:
+        state, meta = load_checkpoint(spec_str)
+        if "arch" not in meta:
+            raise CheckpointError(
+                f"checkpoint {spec_str!r} does not say which architecture it holds; load it with "
+                "--model NAME_OR_FILE.py:factory --weights FILE"
+            )
+        model = _build_arch(meta["arch"], dict(meta.get("arch_kwargs", {})))
+        if weights == "default":
+            apply_state_dict(model, state, f"checkpoint {spec_str!r}")
+    elif ":" in spec_str:
+        model = _call_factory(spec_str)
+    elif spec_str in _torchvision_names():
+        model, enum = _build_torchvision(spec_str, pretrained=weights == "default")
+        preset = enum.transforms()
+        resize = int(preset.resize_size[0])
+        crop = int(preset.crop_size[0])
+        categories = enum.meta.get("categories")
+        meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
+                "classes": categories}
+    elif spec_str in _book_registry().list_models():
+        model = _book_registry().get_model(spec_str)
+        meta = dict(_book_registry().model_defaults(spec_str))
+    else:
+        known = _torchvision_names() + _book_registry().list_models()
+        raise ModelError(
+            f"unknown model {spec_str!r}: not a file, a module:factory or a known name"
+            + suggestion(spec_str, known, "models with 'vistool layers --list'")
+        )
+
+    if weight_file is not None:
+        state, file_meta = load_checkpoint(weight_file)
+        apply_state_dict(model, state, f"weights {str(weight_file)!r}")
+        meta = {**meta, **{k: v for k, v in file_meta.items()
+                           if k in ("input_size", "mean", "std", "classes")}}
+
+    size = parse_input_size(input_size if input_size is not None
+                            else meta.get("input_size", (3, 224, 224)))
+    channels = size[0]
+    mean_t = tuple(float(m) for m in (mean or meta.get("mean") or IMAGENET_MEAN))
+    std_t = tuple(float(s) for s in (std or meta.get("std") or IMAGENET_STD))
+    if len(mean_t) != channels or len(std_t) != channels:
+        if channels == 1 and mean is None and std is None and "mean" not in meta:
+            mean_t, std_t = (0.5,), (0.5,)
+        else:
+            raise ModelError(f"mean/std have {len(mean_t)}/{len(std_t)} values but the input has "
+                             f"{channels} channels; give one value per channel")
+    names = _read_classes(classes) if classes is not None else meta.get("classes")
+
+    if not isinstance(spec, nn.Module):
+        model.eval()
+    model.to(dev)
+    return LoadedModel(
+        model=model,
+        transform=make_transform(size, mean_t, std_t, resize=resize),
+        classes=list(names) if names else None,
+        input_size=size,
+        mean=mean_t,
+        std=std_t,
+        spec=spec_str,
+        metadata=meta,
+    )
