@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models with known weights and image files on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """conv(1->2, 3x3) -> ReLU(inplace) -> GAP -> linear(2->3), on 1x6x6 input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+@pytest.fixture
+def rgb_file(tmp_path):
+    """A 40x30 RGB PNG with a known gradient."""
+    arr = np.zeros((30, 40, 3), np.uint8)
+    arr[..., 0] = np.arange(40, dtype=np.uint8)[None, :] * 6
+    arr[..., 1] = np.arange(30, dtype=np.uint8)[:, None] * 8
+    arr[..., 2] = 100
+    path = tmp_path / "gradient.png"
+    Image.fromarray(arr).save(path)
+    return path
