@@ -55,6 +55,14 @@ def test_layers_json(capsys):
     assert rows[0]["name"] == "conv1" and len(rows) == 67
 
 
+def test_models_lists_torchvision_and_book_models(capsys):
+    status, out, _ = run(capsys, "models", "--json")
+    assert status == 0
+    groups = json.loads(out)
+    assert {"resnet18", "vgg16", "googlenet"} <= set(groups["torchvision"])
+    assert "shapes_cnn" in groups["book"]
+
+
 def test_layers_table_text(capsys, shapes_ckpt):
     status, out, _ = run(capsys, "layers", "--model", shapes_ckpt)
     assert status == 0

@@ -25,7 +25,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def train_shapes_cnn(out_dir: Path, epochs: int = 5, n_train: int = 4000, n_val: int = 500,
+def train_shapes_cnn(out_dir: Path, epochs: int = 6, n_train: int = 5000, n_val: int = 500,
                      seed: int = 0, device: str = "cpu", progress: bool = True, lr: float = 1e-2,
                      log=None) -> dict[str, Any]:
     """Train ``shapes_cnn`` on the synthetic shapes; returns the best epoch's metrics."""

@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import VistoolError
 
@@ -99,6 +100,31 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .zoo import list_models
+
+    groups = list_models()
+    if args.json:
+        print(json.dumps(groups, indent=1))
+        return 0
+    for group, names in groups.items():
+        print(f"{group} ({len(names)}):")
+        print("  " + "\n  ".join(names))
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import dashboard
+
+    app = Path(dashboard.__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port",
+               str(args.port), "--server.headless", "true" if args.headless else "false",
+               "--browser.gatherUsageStats", "false"]
+    return subprocess.call(command)
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "root"
 
@@ -169,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vistool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("models", help="list the model names --model accepts",
+                       description="List torchvision classification models and vistool's book "
+                                   "models. --model also takes checkpoints and file.py:factory.")
+    p.add_argument("--json", action="store_true", help="print {group: [names]} as JSON")
+    p.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("layers", help="print the layer table of a model",
                        description="Print every layer with its type, output shape and "
                                    "parameter count (one dry forward pass).")
@@ -196,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory, must be new or empty "
                         "(default: vistool-out/<timestamp>-activations)")
     p.set_defaults(func=_cmd_activations)
+
+    p = sub.add_parser("dashboard", help="open the Streamlit dashboard",
+                       description="Start the Streamlit dashboard (layers, activations ...).")
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default: %(default)s)")
+    p.add_argument("--headless", action="store_true",
+                   help="do not open a browser (for servers)")
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 

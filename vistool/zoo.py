@@ -310,7 +310,7 @@ def load_model(
         known = _torchvision_names() + _book_registry().list_models()
         raise ModelError(
             f"unknown model {spec_str!r}: not a file, a module:factory or a known name"
-            + suggestion(spec_str, known, "models with 'vistool layers --list'")
+            + suggestion(spec_str, known, "models with 'vistool models'")
         )
 
     if weight_file is not None:

@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: ``vistool dashboard`` or ``streamlit run dashboard/app.py``."""
