@@ -9,7 +9,7 @@ backward hooks, nothing below the layers computed, no parameter ``.grad`` touche
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 
 from .layers import resolve_layers
 
-__all__ = ["Recording", "preserved_state", "record"]
+__all__ = ["Recording", "preserved_state", "record", "replaced_output"]
 
 
 def _map_tensors(fn, value: Any) -> Any:
@@ -28,6 +28,12 @@ def _map_tensors(fn, value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(_map_tensors(fn, v) for v in value)
     return value
+
+
+def _track(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.is_grad_enabled() and not tensor.requires_grad and tensor.is_floating_point():
+        return tensor.detach().requires_grad_(True)
+    return tensor
 
 
 class Recording:
@@ -74,6 +80,8 @@ class Recording:
         if self.gradients:
 
             def hook(_module, _inputs, output):
+                # A frozen model's outputs do not require grad; make them roots of a graph.
+                output = _map_tensors(_track, output)
                 store.append(output)
                 # Hand the rest of the network a copy: an in-place op downstream
                 # (ReLU(inplace=True)) then modifies the copy, and the captured tensor keeps
@@ -114,6 +122,21 @@ def record(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def replaced_output(model: nn.Module, layer: str,
+                    fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Inside the block, the output of ``layer`` is replaced by ``fn(output)``.
+
+    Used to probe or ablate a layer (Ablation-CAM, closed-form head detection).
+    """
+    (module,) = resolve_layers(model, [layer])
+    handle = module.register_forward_hook(lambda _m, _i, output: fn(output))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,426 @@
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM,
+Score-CAM, Eigen-CAM and Ablation-CAM, for one or several layers.
+
+Every method reduces to a layer-resolution map computed from the layer's activations
+``A`` (N, K, h, w) and, for the gradient methods, ``G = d score / d A``:
+
+* ``G`` comes from ``torch.autograd.grad`` to the captured layer output (``vistool.hooks``):
+  no backward below the layer and no parameter ``.grad`` touched.
+* When the layer is followed only by global average pooling and a linear classifier
+  (checked once per model and layer by a probe, see :func:`linear_head`), ``G`` is known
+  in closed form, ``W[target] / (h * w)``, and no backward pass runs at all.
+* ``topk=k`` explains k classes from one forward pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .errors import TargetError, VistoolError
+from .hooks import preserved_state, record, replaced_output
+from .layers import default_layer as find_default_layer
+from .render import normalize
+from .zoo import LoadedModel
+
+__all__ = [
+    "CAM_METHODS",
+    "GRADIENT_METHODS",
+    "CamResult",
+    "ConstantMapWarning",
+    "explain",
+    "linear_head",
+]
+
+GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+CAM_METHODS = ("cam", *GRADIENT_METHODS, "scorecam", "eigencam", "ablationcam")
+
+Targets = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+
+
+class ConstantMapWarning(UserWarning):
+    """An explanation map was constant (e.g. all gradients zero) and is returned as zeros."""
+
+
+@dataclass
+class CamResult:
+    """The result of :func:`explain`.
+
+    Attributes:
+        maps: (N, H, W) at input resolution in [0, 1]; (N, k, H, W) with ``topk=k``.
+        raw: per layer, the unnormalised layer-resolution map (N, h, w) or (N, k, h, w),
+            after the method's ReLU.
+        targets: explained class indices (N,) or (N, k); None for a callable target.
+        scores: the explained outputs (logits or the callable's values), shaped like targets.
+        probs: softmax probabilities of the targets (None for a callable target).
+        logits: the model output (N, classes).
+        layers: the explained layers; method: the method; closed_form: whether the
+            gradients came from the closed form of a GAP + linear head.
+    """
+
+    maps: torch.Tensor
+    raw: dict[str, torch.Tensor]
+    targets: torch.Tensor | None
+    scores: torch.Tensor
+    probs: torch.Tensor | None
+    logits: torch.Tensor
+    layers: list[str]
+    method: str
+    closed_form: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# The closed form of a global-average-pool + linear head
+
+_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear | None:
+    """The linear classifier ``L`` if ``model(x) == L(mean_hw(layer(x)))`` as a function of the
+    layer output, else None. ``sample`` is one input batch (only its shape, dtype and
+    device matter).
+
+    Found with two forward passes, cached per model, layer and input shape: one finds the
+    ``nn.Linear`` whose output is the model's output; one replaces the layer's output by
+    random values (negative ones included, so a ReLU or any non-linearity in between is
+    caught) and checks that the model's output is that linear map of their spatial mean.
+    """
+    cache = _HEADS.setdefault(model, {})
+    key = (layer, tuple(sample.shape[1:]), sample.dtype, str(sample.device))
+    if key not in cache:
+        cache[key] = _probe_linear_head(model, layer, sample[:1])
+    return cache[key]
+
+
+def _probe_linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear | None:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        return None
+    x = torch.zeros((2, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
+    with torch.no_grad(), preserved_state(model, eval_mode=True):
+        with record(model, [layer, *names]) as rec:
+            out = model(x)
+        if not isinstance(out, torch.Tensor) or layer not in rec:
+            return None
+        act = rec[layer]
+        if not isinstance(act, torch.Tensor) or act.dim() != 4:
+            return None
+        modules = dict(model.named_modules())
+        head = next((modules[n] for n in names if n in rec and rec[n].shape == out.shape
+                     and torch.equal(rec[n], out)), None)
+        if head is None or head.in_features != act.shape[1]:
+            return None
+        generator = torch.Generator(device=act.device).manual_seed(0)
+        probe = torch.randn(act.shape, generator=generator, device=act.device, dtype=act.dtype)
+        with replaced_output(model, layer, lambda _out: probe):
+            probed = model(x)
+        expected = head(probe.mean((2, 3)))
+        if probed.shape != expected.shape or not torch.allclose(probed, expected, rtol=1e-4,
+                                                                 atol=1e-5):
+            return None
+    return head
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def _resolve_targets(targets: Targets, logits: torch.Tensor, topk: int | None) -> torch.Tensor:
+    """Class indices (N, k) to explain."""
+    n, classes = logits.shape
+    if topk is not None:
+        if targets is not None:
+            raise TargetError("give either targets or topk, not both")
+        if not 1 <= topk <= classes:
+            raise TargetError(f"topk must be between 1 and {classes}, not {topk}")
+        return logits.topk(topk, dim=1).indices
+    if targets is None:
+        return logits.argmax(1, keepdim=True)
+    index = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    if index.numel() == 1:
+        index = index.expand(n)
+    if index.numel() != n:
+        raise TargetError(f"got {index.numel()} targets for {n} images; give one per image")
+    bad = index[(index < 0) | (index >= classes)]
+    if bad.numel():
+        raise TargetError(f"class index {int(bad[0])} is out of range; the model has {classes} "
+                          f"classes (0..{classes - 1})")
+    return index[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-method maps from activations A (N, K, h, w) and gradients G (N, k, K, h, w or 1, 1)
+
+
+def _weighted(weights: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """sum_K weights[n, k, K] * act[n, K] -> (N, k, h, w), through ReLU."""
+    return torch.einsum("nkc,nchw->nkhw", weights, act).clamp_min(0)
+
+
+def _from_gradients(method: str, act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    a = act[:, None]  # (N, 1, K, h, w)
+    if method in ("gradcam", "cam"):
+        return _weighted(grad.mean((3, 4)), act)
+    if method == "hirescam":
+        return (grad * a).sum(2).clamp_min(0)
+    if method == "xgradcam":
+        denom = act.sum((2, 3))[:, None, :, None, None] + 1e-7
+        return _weighted((grad * a / denom).sum((3, 4)), act)
+    if method == "gradcam++":
+        g2 = grad.pow(2)
+        g3 = g2 * grad
+        sum_a = act.sum((2, 3))[:, None, :, None, None]
+        alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+        weights = (grad.clamp_min(0) * alpha).expand(-1, -1, -1, *act.shape[2:]).sum((3, 4))
+        return _weighted(weights, act)
+    if method == "layercam":
+        return (grad.clamp_min(0) * a).sum(2).clamp_min(0)
+    raise AssertionError(method)
+
+
+def _eigencam(act: torch.Tensor) -> torch.Tensor:
+    """First principal component of the activations (class-agnostic), sign-aligned with the
+    channel sum so that strong activations map to high values."""
+    n, k, h, w = act.shape
+    flat = act.reshape(n, k, h * w).transpose(1, 2).float()  # (N, hw, K)
+    centred = flat - flat.mean(1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vh[:, 0, :, None]  # (N, hw, 1)
+    sign = torch.where((proj[..., 0] * flat.sum(2)).sum(1) < 0, -1.0, 1.0)
+    return (proj[..., 0] * sign[:, None]).reshape(n, 1, h, w).clamp_min(0).to(act.dtype)
+
+
+def _select_channels(act: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Indices of the channels to use for one image's activation (K, h, w)."""
+    if channels is None or channels >= act.shape[0]:
+        return torch.arange(act.shape[0], device=act.device)
+    return act.flatten(1).var(1).topk(channels).indices
+
+
+def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: torch.Tensor,
+              batch_size: int, channels: int | None, progress: bool) -> torch.Tensor:
+    """Score-CAM: weight channels by the softmax over channels of the target logits of the
+    input masked by each upsampled, min-max scaled channel. Masked forwards are batched;
+    constant channels share one forward (their mask is zero)."""
+    n, k_targets = targets.shape
+    out = act.new_zeros((n, k_targets, *act.shape[2:]))
+    size = images.shape[2:]
+    bar = tqdm(total=n * act.shape[1] if channels is None else n * min(channels, act.shape[1]),
+               desc="score-cam", disable=not progress, leave=False)
+    for i in range(n):
+        chosen = _select_channels(act[i], channels)
+        a = act[i, chosen]  # (K', h, w)
+        up = F.interpolate(a[None], size=size, mode="bilinear", align_corners=True)[0]
+        lo = up.flatten(1).amin(1)
+        hi = up.flatten(1).amax(1)
+        varying = (hi > lo).nonzero()[:, 0]
+        masks = (up[varying] - lo[varying, None, None]) / (
+            hi[varying] - lo[varying] + 1e-8)[:, None, None]
+        scores = act.new_empty((len(chosen), k_targets))
+        x = images[i]
+        with torch.inference_mode():
+            for start in range(0, len(varying), batch_size):
+                m = masks[start:start + batch_size]
+                logits = net(x[None] * m[:, None])
+                scores[varying[start:start + batch_size]] = logits[:, targets[i]].to(act.dtype)
+                bar.update(len(m))
+            if len(varying) < len(chosen):
+                constant = torch.ones(len(chosen), dtype=torch.bool, device=act.device)
+                constant[varying] = False
+                logits = net(torch.zeros_like(x)[None])
+                scores[constant] = logits[:, targets[i]].to(act.dtype)
+                bar.update(int(constant.sum()))
+        weights = scores.softmax(0)  # (K', k)
+        out[i] = torch.einsum("ck,chw->khw", weights, a).clamp_min(0)
+    bar.close()
+    return out
+
+
+def _ablationcam(net: nn.Module, images: torch.Tensor, layer: str, act: torch.Tensor,
+                 logits: torch.Tensor, targets: torch.Tensor, head: nn.Linear | None,
+                 batch_size: int, progress: bool) -> torch.Tensor:
+    """Ablation-CAM: weight channel c by the relative drop of the target score when channel c
+    of the layer output is zeroed. With a GAP + linear head the drop is W[t, c] * mean(A_c)."""
+    n, k_channels = act.shape[:2]
+    base = logits.gather(1, targets)  # (N, k)
+    if head is not None:
+        drops = head.weight[targets] * act.mean((2, 3))[:, None, :]  # (N, k, K)
+    else:
+        drops = act.new_empty((n, targets.shape[1], k_channels))
+        bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not progress, leave=False)
+        for i in range(n):
+            for start in range(0, k_channels, batch_size):
+                chans = torch.arange(start, min(start + batch_size, k_channels),
+                                     device=act.device)
+                ablated = act[i].expand(len(chans), -1, -1, -1).clone()
+                ablated[torch.arange(len(chans)), chans] = 0
+                with torch.inference_mode(), replaced_output(net, layer,
+                                                             lambda _o, a=ablated: a):
+                    out = net(images[i].expand(len(chans), -1, -1, -1))
+                drops[i, :, chans] = (base[i][None] - out[:, targets[i]]).T.to(act.dtype)
+                bar.update(len(chans))
+        bar.close()
+    weights = drops / (base[..., None] + torch.where(base[..., None] >= 0, 1e-7, -1e-7))
+    return _weighted(weights, act)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    n, k, h, w = raw.shape
+    return F.interpolate(raw.reshape(n * k, 1, h, w).float(), size=tuple(size), mode="bilinear",
+                         align_corners=False).reshape(n, k, *size)
+
+
+def explain(
+    model: LoadedModel | nn.Module,
+    images: torch.Tensor,
+    method: str = "gradcam",
+    targets: Targets = None,
+    layer: str | Sequence[str] | None = None,
+    topk: int | None = None,
+    closed_form: bool | None = None,
+    batch_size: int = 64,
+    channels: int | None = None,
+    progress: bool = False,
+) -> CamResult:
+    """Explain the predictions of a classifier for a batch of images with a class activation map.
+
+    Args:
+        model: a :class:`~vistool.zoo.LoadedModel` or an ``nn.Module``.
+        images: preprocessed batch (N, C, H, W) on the model's device.
+        method: one of ``CAM_METHODS``: ``cam``, ``gradcam``, ``gradcam++``, ``xgradcam``,
+            ``hirescam``, ``layercam``, ``scorecam``, ``eigencam``, ``ablationcam``.
+        targets: None (the predicted class), a class index for all images, one index per
+            image, or a callable mapping the model output to one score per image (for
+            non-classifier heads).
+        layer: a layer name, or several to fuse (mean of the per-layer normalised maps);
+            default: the model's default target layer.
+        topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
+        closed_form: use the closed form of a GAP + linear head: None detects it, False
+            always back-propagates, True requires it. ``cam`` always requires it.
+        batch_size: masked forwards per batch for ``scorecam``/``ablationcam``.
+        channels: ``scorecam`` only: use the k highest-variance channels (Faster Score-CAM)
+            instead of all.
+        progress: show a progress bar for the many-forward methods.
+
+    The model runs in eval mode and gets its train/eval flags, ``requires_grad`` and
+    ``.grad`` back; no hooks remain, also when this raises.
+
+    Raises:
+        TargetError: a target index is out of range, or targets do not match the batch.
+        VistoolError: an unknown method, ``cam`` on a model without a GAP + linear head.
+    """
+    if method not in CAM_METHODS:
+        from .errors import suggestion
+
+        raise VistoolError(f"unknown CAM method {method!r}" + suggestion(method, CAM_METHODS,
+                                                                            "methods"))
+    net = model.model if isinstance(model, LoadedModel) else model
+    if layer is None:
+        layer = (model.default_layer if isinstance(model, LoadedModel)
+                 else find_default_layer(net, tuple(images.shape[1:])))
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    if images.dim() != 4:
+        raise VistoolError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    callable_target = callable(targets)
+    if callable_target and topk is not None:
+        raise TargetError("topk needs class indices, not a callable target")
+    if callable_target and method in ("cam", "ablationcam", "scorecam"):
+        raise TargetError(f"{method} needs class indices, not a callable target")
+
+    with preserved_state(net, eval_mode=True):
+        heads = {}
+        use_closed = method == "cam" or (closed_form is not False and not callable_target
+                                         and method in (*GRADIENT_METHODS, "ablationcam"))
+        if use_closed:
+            heads = {name: linear_head(net, name, images) for name in layers}
+            missing = [name for name, head in heads.items() if head is None]
+            if missing and (method == "cam" or closed_form):
+                raise VistoolError(
+                    f"layer {missing[0]!r} is not followed by global average pooling and a "
+                    "linear classifier alone, so CAM's closed form does not apply; use gradcam")
+            use_closed = not missing
+        needs_grad = method in GRADIENT_METHODS and not use_closed
+        with torch.set_grad_enabled(needs_grad), record(net, layers, gradients=needs_grad) as rec:
+            output = net(images)
+        if callable_target:
+            scores = targets(output)
+            if scores.shape != (images.shape[0],):
+                raise TargetError(f"the target callable returned shape {tuple(scores.shape)}; "
+                                  f"it must return one score per image ({images.shape[0]},)")
+            scores = scores[:, None]
+            index = None
+            logits = output.detach()
+        else:
+            if output.dim() != 2:
+                raise TargetError(f"the model output has shape {tuple(output.shape)}; give a "
+                                  "callable target that returns one score per image")
+            logits = output.detach()
+            index = _resolve_targets(targets, logits, topk)
+            scores = output.gather(1, index)
+        acts = {name: rec[name] for name in layers}
+        for name, act in acts.items():
+            if not isinstance(act, torch.Tensor) or act.dim() != 4:
+                raise VistoolError(f"layer {name!r} outputs {type(act).__name__} of shape "
+                                   f"{tuple(getattr(act, 'shape', ()))}; CAMs need (N, C, H, W)")
+
+        grads: dict[str, torch.Tensor] = {}
+        if method in GRADIENT_METHODS or method == "cam":
+            if use_closed:
+                for name, act in acts.items():
+                    h, w = act.shape[2:]
+                    grads[name] = (heads[name].weight[index] / (h * w))[..., None, None].detach()
+            else:
+                per_target = []
+                for j in range(scores.shape[1]):
+                    per_target.append(torch.autograd.grad(
+                        scores[:, j].sum(), [acts[n] for n in layers],
+                        retain_graph=j < scores.shape[1] - 1))
+                grads = {n: torch.stack([g[i] for g in per_target], 1)
+                         for i, n in enumerate(layers)}
+
+        raw: dict[str, torch.Tensor] = {}
+        for name in layers:
+            act = acts[name].detach()
+            if method in GRADIENT_METHODS or method == "cam":
+                raw[name] = _from_gradients(method, act, grads[name].detach())
+            elif method == "eigencam":
+                raw[name] = _eigencam(act).expand(-1, scores.shape[1], -1, -1)
+            elif method == "scorecam":
+                raw[name] = _scorecam(net, images, act, index, batch_size, channels, progress)
+            else:
+                raw[name] = _ablationcam(net, images, name, act, logits, index,
+                                         heads.get(name), batch_size, progress)
+
+    size = images.shape[2:]
+    fused = torch.stack([normalize(_upsample(r, size)) for r in raw.values()]).mean(0)
+    maps = normalize(fused) if len(raw) > 1 else fused
+    flat = torch.stack([r.flatten(2) for r in raw.values()]).amax(-1) == torch.stack(
+        [r.flatten(2) for r in raw.values()]).amin(-1)
+    if bool(flat.any()):
+        warnings.warn(f"{method}: {int(flat.sum())} map(s) are constant (e.g. zero gradients) "
+                      "and are returned as zeros", ConstantMapWarning, stacklevel=2)
+    probs = None if index is None else logits.softmax(1).gather(1, index)
+    squeeze = topk is None
+    return CamResult(
+        maps=maps[:, 0] if squeeze else maps,
+        raw={n: (r[:, 0] if squeeze else r) for n, r in raw.items()},
+        targets=None if index is None else (index[:, 0] if squeeze else index),
+        scores=scores.detach()[:, 0] if squeeze else scores.detach(),
+        probs=None if probs is None else (probs[:, 0] if squeeze else probs),
+        logits=logits,
+        layers=layers,
+        method=method,
+        closed_form=use_closed,
+    )
+
