@@ -73,7 +73,7 @@ def render_scene(rng: np.random.Generator, size: int, labels: Sequence[int],
 
     Objects are placed so that their boxes do not intersect (up to 200 tries each).
     """
-    min_radius = min_radius or size * 0.14
+    min_radius = min_radius or size * (0.1 if len(labels) == 1 else 0.14)
     max_radius = max_radius or size * (0.3 if len(labels) == 1 else 0.2)
     image = _background(rng, size)
     boxes: list[tuple[int, int, int, int]] = []

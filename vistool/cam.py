@@ -121,7 +121,7 @@ def _probe_linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn
             return None
         generator = torch.Generator(device=act.device).manual_seed(0)
         probe = torch.randn(act.shape, generator=generator, device=act.device, dtype=act.dtype)
-        with replaced_output(model, layer, lambda _out: probe):
+        with replaced_output(model, layer, lambda _out: probe.clone()):  # in-place ops after
             probed = model(x)
         expected = head(probe.mean((2, 3)))
         if probed.shape != expected.shape or not torch.allclose(probed, expected, rtol=1e-4,
@@ -429,10 +429,10 @@ def explain(
     size = images.shape[2:]
     fused = torch.stack([normalize(_upsample(r, size)) for r in raw.values()]).mean(0)
     maps = normalize(fused) if len(raw) > 1 else fused
-    flat = torch.stack([r.flatten(2) for r in raw.values()]).amax(-1) == torch.stack(
-        [r.flatten(2) for r in raw.values()]).amin(-1)
-    if bool(flat.any()):
-        warnings.warn(f"{method}: {int(flat.sum())} map(s) are constant (e.g. zero gradients) "
+    constant = sum(int((r.flatten(2).amax(-1) == r.flatten(2).amin(-1)).sum())
+                   for r in raw.values())
+    if constant:
+        warnings.warn(f"{method}: {constant} map(s) are constant (e.g. zero gradients) "
                       "and are returned as zeros", ConstantMapWarning, stacklevel=2)
     probs = None if index is None else logits.softmax(1).gather(1, index)
     squeeze = topk is None

@@ -113,6 +113,128 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predictions(loaded, logits, k: int = 5) -> list[list[dict]]:
+    """Top-k predictions per image as [{"index", "name", "prob"}]."""
+    probs = logits.float().softmax(1)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[{"index": int(i), "name": loaded.class_name(int(i)), "prob": round(float(p), 6)}
+             for p, i in zip(values, indices)]
+            for values, indices in zip(top.values.cpu(), top.indices.cpu())]
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """``gradcam`` and ``attribute``: maps per image, overlays, raw arrays, manifest."""
+    import torch
+    from tqdm import tqdm
+
+    from .imageio import deprocess, expand_inputs, load_image
+    from .layers import resolve_layers
+    from .outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
+    from .render import apply_colormap, enlarge, overlay
+
+    kind = args.command
+    paths = expand_inputs(args.images)
+    loaded = _load(args)
+    layers = args.layer or [loaded.default_layer]
+    resolve_layers(loaded.model, layers)
+    target = None if args.target is None else loaded.class_index(args.target)
+    tensors = [loaded.transform(load_image(p)) for p in paths]
+    out_dir = resolve_run_dir(args.out, kind)
+    entries = []
+    start = time.perf_counter()
+    with run_directory(out_dir) as staging:
+        for first in tqdm(range(0, len(paths), args.batch_size), desc=kind, file=sys.stderr,
+                          disable=len(paths) <= args.batch_size):
+            batch = torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)
+            if kind == "gradcam":
+                from .cam import explain
+
+                result = explain(loaded, batch, args.method, targets=target,
+                                 layer=layers if len(layers) > 1 else layers[0],
+                                 topk=args.topk, channels=args.channels,
+                                 progress=not args.json)
+                raw = result.raw  # per layer (N, [k,] h, w)
+            else:
+                from .attribution import attribute
+
+                result = attribute(loaded, batch, args.method, targets=target,
+                                   layer=layers[0], smooth=args.smooth, seed=args.seed)
+                raw = {"input": result.raw}  # (N, C, H, W)
+            maps = result.maps if result.maps.dim() == 4 else result.maps[:, None]
+            targets = result.targets.reshape(len(batch), -1)
+            probs = result.probs.reshape(len(batch), -1)
+            views = deprocess(batch, loaded.mean, loaded.std)
+            predictions = _predictions(loaded, result.logits)
+            for j in range(len(batch)):
+                index = first + j
+                stem = f"{index:03d}-{_slug(paths[index].stem)}"
+                explained = []
+                for t in range(targets.shape[1]):
+                    cls = int(targets[j, t])
+                    base = f"{stem}_{_slug(args.method)}_c{cls}"
+                    heat = maps[j, t]
+                    save_png(staging / f"{base}_overlay.png",
+                             enlarge(overlay(views[j], heat, args.alpha, args.colormap)))
+                    save_png(staging / f"{base}_heatmap.png",
+                             enlarge(apply_colormap(heat, args.colormap)))
+                    raw_files = []
+                    for name, values in raw.items():
+                        suffix = "" if len(raw) == 1 else f"_{_slug(name)}"
+                        raw_files.append(f"{base}_raw{suffix}.npy")
+                        save_npy(staging / raw_files[-1],
+                                 values[j, t] if kind == "gradcam" and args.topk else values[j])
+                    explained.append({
+                        "target": cls, "name": loaded.class_name(cls),
+                        "prob": round(float(probs[j, t]), 6), "overlay": f"{base}_overlay.png",
+                        "heatmap": f"{base}_heatmap.png", "raw": raw_files,
+                        "png": f"{base}_overlay.png",
+                        "caption": f"{paths[index].name} · {args.method} · "
+                                   f"{loaded.class_name(cls) or cls}"})
+                entries.append({"image": str(paths[index]), "predictions": predictions[j],
+                                "explanations": explained})
+        options = {"model": args.model, "weights": args.checkpoint or args.weights,
+                   "method": args.method, "layer": layers, "target": args.target,
+                   "device": str(loaded.device), "alpha": args.alpha,
+                   "colormap": args.colormap}
+        if kind == "gradcam":
+            options.update(topk=args.topk, channels=args.channels)
+        else:
+            options.update(smooth=args.smooth)
+        info = manifest(kind, [str(p) for p in paths], options,
+                        [e for entry in entries for e in entry["explanations"]],
+                        seed=args.seed if kind == "attribute" else None,
+                        timings={"seconds": round(time.perf_counter() - start, 4)},
+                        method=args.method, layer=layers, target=args.target, images=entries)
+        save_json(staging / "manifest.json", info)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(f"wrote {sum(len(e['explanations']) for e in entries)} {args.method} maps to "
+              f"{out_dir}")
+    return 0
+
+
+def _add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> None:
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files or directories")
+    p.add_argument("--method", choices=methods, default=default,
+                   help="explanation method (default: %(default)s)")
+    p.add_argument("--layer", "-l", action="append",
+                   help="target layer (default: the model's default layer); repeat to fuse "
+                        "several layers")
+    p.add_argument("--target", "-t", metavar="IDX|NAME",
+                   help="class to explain, by index or name (default: the predicted class)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="heatmap opacity in the overlay (default: %(default)s)")
+    p.add_argument("--colormap", default="jet", help="matplotlib colormap (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--out", "-o", help="output directory, must be new or empty "
+                                       "(default: vistool-out/<timestamp>-<command>)")
+    p.add_argument("--json", action="store_true",
+                   help="also print the manifest (predictions, files, timings) to stdout")
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -228,6 +350,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory, must be new or empty "
                         "(default: vistool-out/<timestamp>-activations)")
     p.set_defaults(func=_cmd_activations)
+
+    from .attribution import ATTRIBUTION_METHODS
+    from .cam import CAM_METHODS
+
+    p = sub.add_parser("gradcam", help="class activation maps (Grad-CAM family)",
+                       description="Write per image an overlay PNG, a heatmap PNG and the raw "
+                                   "layer-resolution map (.npy), and manifest.json with the "
+                                   "top-5 predictions.")
+    _add_explain_options(p, CAM_METHODS, "gradcam")
+    p.add_argument("--topk", type=int, metavar="K",
+                   help="explain the K best classes of each image (instead of --target)")
+    p.add_argument("--channels", type=int, metavar="K",
+                   help="scorecam: use only the K highest-variance channels (Faster Score-CAM)")
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("attribute", help="pixel attributions (saliency, IG, occlusion ...)",
+                       description="Write per image an overlay PNG, a heatmap PNG and the raw "
+                                   "attribution (.npy, C x H x W), and manifest.json.")
+    _add_explain_options(p, ATTRIBUTION_METHODS, "saliency")
+    p.add_argument("--smooth", type=int, default=0, metavar="N",
+                   help="SmoothGrad: average N noisy samples (default: off)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the SmoothGrad noise (default: %(default)s)")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("dashboard", help="open the Streamlit dashboard",
                        description="Start the Streamlit dashboard (layers, activations ...).")

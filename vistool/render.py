@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from .errors import VistoolError
 
-__all__ = ["apply_colormap", "channel_grid", "normalize", "overlay", "to_uint8_hwc"]
+__all__ = [
+    "apply_colormap",
+    "channel_grid",
+    "enlarge",
+    "normalize",
+    "overlay",
+    "to_uint8_hwc",
+]
 
 
 @lru_cache(maxsize=16)
@@ -103,6 +110,14 @@ def channel_grid(act: torch.Tensor, channels: Sequence[int] | None = None,
         top, left = pad + r * (h + pad), pad + c * (w + pad)
         grid[:, top:top + h, left:left + w] = rgb[i]
     return grid
+
+
+def enlarge(image: torch.Tensor, min_size: int = 224) -> torch.Tensor:
+    """Upscale (nearest, integer factor) an image (3, H, W) whose shorter side is < min_size."""
+    factor = max(1, math.ceil(min_size / min(image.shape[-2:])))
+    if factor == 1:
+        return image
+    return image.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
 
 
 def to_uint8_hwc(image) -> np.ndarray:
