@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -39,3 +41,7 @@ def rgb_file(tmp_path):
     path = tmp_path / "gradient.png"
     Image.fromarray(arr).save(path)
     return path
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # one thread per worker: the workers share the cores

@@ -155,3 +155,54 @@ def test_python_dash_m_entry_point():
     for option in ("--model", "--weights", "--checkpoint", "--layer", "--channels",
                    "--normalization", "--colormap", "--out", "--input-size", "--classes"):
         assert option in proc.stdout
+
+
+def test_gradcam_topk_and_target_by_name(capsys, tmp_path, shapes_ckpt, images):
+    out_dir = tmp_path / "cam"
+    status, out, err = run(capsys, "gradcam", "--model", shapes_ckpt, "--topk", "2",
+                           "--method", "gradcam++", "--out", out_dir, images / "one.png")
+    assert status == 0, err
+    meta = json.loads((out_dir / "manifest.json").read_text())
+    explained = meta["images"][0]["explanations"]
+    assert [e["target"] for e in explained] == [p["index"] for p in
+                                                meta["images"][0]["predictions"][:2]]
+    assert np.load(out_dir / explained[1]["raw"][0]).shape == (4, 4)
+    overlay = np.asarray(Image.open(out_dir / explained[0]["overlay"]))
+    assert overlay.shape == (224, 224, 3)  # the 32x32 input view, enlarged 7x
+    status, _, err = run(capsys, "gradcam", "--model", shapes_ckpt, "--target", "b",
+                         "--layer", "features.3", "--layer", "features", "--out",
+                         tmp_path / "named", images / "one.png")
+    assert status == 0, err
+    meta = json.loads((tmp_path / "named" / "manifest.json").read_text())
+    entry = meta["images"][0]["explanations"][0]
+    assert (entry["target"], entry["name"]) == (1, "b")
+    assert len(entry["raw"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["gradcam", "--target", "7"], ["class index 7 is out of range", "(0..2)"]),
+        (["gradcam", "--target", "zebra"], ["unknown class 'zebra'"]),
+        (["attribute", "--method", "ig", "--target", "3"], ["class index 3 is out of range"]),
+    ],
+    ids=["index", "name", "attribute"],
+)
+def test_explain_commands_reject_bad_targets(capsys, tmp_path, shapes_ckpt, images, argv,
+                                             fragments):
+    out_dir = tmp_path / "out"
+    status, _, err = run(capsys, *argv, "--model", shapes_ckpt, "--out", out_dir, images)
+    _assert_one_line_error(status, err, *fragments)
+    assert not out_dir.exists()
+
+
+def test_attribute_writes_raw_input_attributions(capsys, tmp_path, shapes_ckpt, images):
+    out_dir = tmp_path / "attr"
+    status, _, err = run(capsys, "attribute", "--model", shapes_ckpt, "--method", "saliency",
+                         "--smooth", "2", "--seed", "3", "--out", out_dir, images)
+    assert status == 0, err
+    meta = json.loads((out_dir / "manifest.json").read_text())
+    assert meta["seed"] == 3
+    assert meta["options"]["smooth"] == 2
+    assert len(meta["outputs"]) == 2
+    assert np.load(out_dir / meta["outputs"][0]["raw"][0]).shape == (3, 32, 32)

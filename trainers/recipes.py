@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torchvision.transforms import v2
 
 from .data import ShapesDataset
@@ -35,6 +36,7 @@ def train_shapes_cnn(out_dir: Path, epochs: int = 6, n_train: int = 5000, n_val:
     train = ShapesDataset(n_train, size=size, seed=seed, transform=normalize)
     val = ShapesDataset(n_val, size=size, seed=seed + 10_000, transform=normalize)
     kwargs = {"num_classes": len(ShapesDataset.classes)}
+    torch.manual_seed(seed)  # the initial weights are part of the run
     model = get_model("shapes_cnn", **kwargs)
     metadata = {"arch": "shapes_cnn", "arch_kwargs": kwargs, "classes": ShapesDataset.classes,
                 "dataset": "shapes", "recipe": "shapes-cnn", **defaults}
