@@ -69,7 +69,8 @@ def test_every_method_restores_the_model(method):
     result = attribute(model, x, method, layer="2", window=4, stride=4, steps=4)
     assert result.maps.shape == (2, 8, 8)
     assert result.raw.shape == (2, 3, 8, 8)
-    assert 0 <= float(result.maps.min()) and float(result.maps.max()) <= 1
+    assert float(result.maps.min()) >= 0
+    assert float(result.maps.max()) <= 1
     with pytest.raises(TargetError):
         attribute(model, x, method, targets=3, layer="2")
     assert model.training

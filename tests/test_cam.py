@@ -224,7 +224,8 @@ def test_targets_and_errors(hand):
         explain(hand, batch(), targets=5, layer="relu")
     with pytest.raises(TargetError, match="got 2 targets for 1 images"):
         explain(hand, batch(), targets=[0, 1], layer="relu")
-    with pytest.raises(VistoolError, match=r"unknown CAM method 'gradcam\+'; did you mean 'gradcam\+\+'"):
+    with pytest.raises(VistoolError,
+                       match=r"unknown CAM method 'gradcam\+'; did you mean 'gradcam\+\+'"):
         explain(hand, batch(), "gradcam+", layer="relu")
     result = explain(hand, batch(), "gradcam", targets=lambda out: out[:, 0] - out[:, 1],
                      layer="relu")

@@ -159,7 +159,7 @@ def test_python_dash_m_entry_point():
 
 def test_gradcam_topk_and_target_by_name(capsys, tmp_path, shapes_ckpt, images):
     out_dir = tmp_path / "cam"
-    status, out, err = run(capsys, "gradcam", "--model", shapes_ckpt, "--topk", "2",
+    status, _, err = run(capsys, "gradcam", "--model", shapes_ckpt, "--topk", "2",
                            "--method", "gradcam++", "--out", out_dir, images / "one.png")
     assert status == 0, err
     meta = json.loads((out_dir / "manifest.json").read_text())
