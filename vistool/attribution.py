@@ -121,7 +121,7 @@ def attribute(
     net = model.model if isinstance(model, LoadedModel) else model
     if method == "guided-gradcam" and layer is None:
         layer = model.default_layer if isinstance(model, LoadedModel) else None
-    with preserved_state(net, eval_mode=True), _out_of_place_relus(net), \
+    with preserved_state(net, eval_mode=True, frozen=True), _out_of_place_relus(net), \
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         with torch.no_grad():

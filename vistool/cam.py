@@ -81,7 +81,15 @@ class CamResult:
 # ---------------------------------------------------------------------------------------------
 # The closed form of a global-average-pool + linear head
 
-_HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached(model: nn.Module, key: tuple, compute: Callable[[], object]):
+    """Per-model memo (dropped with the model) for dry-run results: heads, default layers."""
+    memo = _CACHE.setdefault(model, {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 def linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear | None:
@@ -94,11 +102,8 @@ def linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear
     random values (negative ones included, so a ReLU or any non-linearity in between is
     caught) and checks that the model's output is that linear map of their spatial mean.
     """
-    cache = _HEADS.setdefault(model, {})
-    key = (layer, tuple(sample.shape[1:]), sample.dtype, str(sample.device))
-    if key not in cache:
-        cache[key] = _probe_linear_head(model, layer, sample[:1])
-    return cache[key]
+    key = ("head", layer, tuple(sample.shape[1:]), sample.dtype, str(sample.device))
+    return _cached(model, key, lambda: _probe_linear_head(model, layer, sample[:1]))
 
 
 def _probe_linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear | None:
@@ -351,8 +356,9 @@ def explain(
                                                                             "methods"))
     net = model.model if isinstance(model, LoadedModel) else model
     if layer is None:
-        layer = (model.default_layer if isinstance(model, LoadedModel)
-                 else find_default_layer(net, tuple(images.shape[1:])))
+        shape = tuple(images.shape[1:])
+        layer = (model.default_layer if isinstance(model, LoadedModel) else _cached(
+            net, ("default_layer", shape), lambda: find_default_layer(net, shape)))
     layers = [layer] if isinstance(layer, str) else list(layer)
     if images.dim() != 4:
         raise VistoolError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
@@ -362,7 +368,7 @@ def explain(
     if callable_target and method in ("cam", "ablationcam", "scorecam"):
         raise TargetError(f"{method} needs class indices, not a callable target")
 
-    with preserved_state(net, eval_mode=True):
+    with preserved_state(net, eval_mode=True, frozen=True):
         heads = {}
         use_closed = method == "cam" or (closed_form is not False and not callable_target
                                          and method in (*GRADIENT_METHODS, "ablationcam"))

@@ -1,0 +1,203 @@
+"""Grad-CAM family speed, side by side in one run, printed as ratios (CPU by default).
+
+* Grad-CAM on resnet50 (batch 8) and vgg16 (batch 4, features.28), 224²: vistool's
+  generic path vs the lower bound (forward + autograd.grad to the layer), captum's
+  LayerGradCam, torch-cam's GradCAM and pytorch-grad-cam's GradCAM.
+* The closed-form path (GAP + linear head) on resnet50 vs a plain forward pass.
+* topk=5 vs topk=1 (one forward either way).
+* Score-CAM on resnet18, one 224² image: vistool exact (with the max difference to
+  pytorch-grad-cam's map) and fast (Faster Score-CAM, ``--fast-channels``) vs
+  pytorch-grad-cam and torch-cam; the fast mode's map correlation to the exact map is
+  measured on the trained shapes CNN (trained on first use, cached).
+
+Peers come from ``pip install -e '.[bench]'``; a missing peer is reported and skipped.
+Times are medians of interleaved repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torchvision
+
+from vistool import preserved_state, record
+from vistool.cam import explain
+
+
+def timeit(cases: dict[str, Callable[[], object]], repeats: int, device) -> dict[str, float]:
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(title: str, times: dict[str, float], base: str) -> None:
+    print(f"\n{title}")
+    for name, value in times.items():
+        print(f"  {name:<34} {value * 1000:10.1f} ms   {value / times[base]:6.3f}x {base}")
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def gradcam_cases(model, x, layer: str, targets: list[int]) -> dict[str, Callable[[], object]]:
+    module = dict(model.named_modules())[layer]
+    target_t = torch.tensor(targets, device=x.device)
+
+    def lower_bound():  # frozen weights: the graph starts at the layer
+        with preserved_state(model, frozen=True), torch.enable_grad(), \
+                record(model, layer, gradients=True) as rec:
+            out = model(x)
+            return torch.autograd.grad(out.gather(1, target_t[:, None]).sum(), rec.outputs)
+
+    cases = {
+        "lower bound (forward + grad)": lower_bound,
+        "vistool gradcam": lambda: explain(model, x, "gradcam", targets=targets, layer=layer,
+                                           closed_form=False),
+    }
+    if have("captum"):
+        from captum.attr import LayerGradCam
+
+        lgc = LayerGradCam(model, module)
+        cases["captum LayerGradCam"] = lambda: lgc.attribute(x, target=targets,
+                                                             relu_attributions=True)
+    if have("torchcam"):
+        from torchcam.methods import GradCAM as TorchCamGradCAM
+
+        def torchcam_run():
+            with TorchCamGradCAM(model, target_layer=layer,
+                                 input_shape=tuple(x.shape[1:])) as extractor:
+                out = model(x)
+                return extractor(class_idx=targets, scores=out)
+
+        cases["torch-cam GradCAM"] = torchcam_run
+    if have("pytorch_grad_cam"):
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        def pgc_run():
+            with GradCAM(model=model, target_layers=[module]) as cam:
+                return cam(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+
+        cases["pytorch-grad-cam GradCAM"] = pgc_run
+    return cases
+
+
+def scorecam_section(device, fast_channels: int) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval().to(device)
+    x = torch.randn(1, 3, 224, 224, device=device)
+    target = int(model(x).argmax())
+    print(f"\nScore-CAM, resnet18 layer4, one 224² image, {device} (single runs)")
+    results = {}
+    start = time.perf_counter()
+    exact = explain(model, x, "scorecam", targets=target, layer="layer4")
+    results["vistool scorecam (exact)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    explain(model, x, "scorecam", targets=target, layer="layer4", channels=fast_channels)
+    results[f"vistool scorecam (fast, {fast_channels} ch)"] = time.perf_counter() - start
+    diff = None
+    if have("pytorch_grad_cam"):
+        from pytorch_grad_cam import ScoreCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        start = time.perf_counter()
+        with ScoreCAM(model=model, target_layers=[model.layer4]) as cam:
+            ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(target)])
+        results["pytorch-grad-cam ScoreCAM"] = time.perf_counter() - start
+        diff = float(np.abs(exact.maps.cpu().numpy() - ref).max())
+    if have("torchcam"):
+        from torchcam.methods import ScoreCAM as TorchCamScoreCAM
+
+        start = time.perf_counter()
+        with TorchCamScoreCAM(model, target_layer="layer4", batch_size=16) as extractor:
+            out = model(x)
+            extractor(class_idx=target, scores=out)
+        results["torch-cam ScoreCAM"] = time.perf_counter() - start
+    base = "pytorch-grad-cam ScoreCAM" if "pytorch-grad-cam ScoreCAM" in results else next(
+        iter(results))
+    for name, value in results.items():
+        print(f"  {name:<34} {value:8.2f} s   {results[base] / value:6.2f}x faster than {base}")
+    if diff is not None:
+        print(f"  max |vistool exact - pytorch-grad-cam| = {diff:.2e}")
+
+    from trainers.data import render_scene
+    from trainers.recipes import pretrained_shapes_cnn
+    from vistool import load_image, load_model
+
+    loaded = load_model(str(pretrained_shapes_cnn(progress=False)), device=device)
+    rng = np.random.default_rng(0)
+    images = torch.stack([loaded.transform(load_image(render_scene(
+        rng, 64, [int(rng.integers(5))]).image)) for _ in range(32)]).to(device)
+    full = explain(loaded, images, "scorecam").maps.flatten(1).cpu().numpy()
+    channels = max(1, loaded.model.fc.in_features * fast_channels // 512)
+    fast = explain(loaded, images, "scorecam", channels=channels).maps.flatten(1).cpu().numpy()
+    corr = [np.corrcoef(a, b)[0, 1] for a, b in zip(full, fast)]
+    print(f"  fast vs exact on the trained shapes CNN ({channels} of "
+          f"{loaded.model.fc.in_features} channels, same fraction): map correlation "
+          f"mean {np.mean(corr):.4f}, min {np.min(corr):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case")
+    parser.add_argument("--fast-channels", type=int, default=64,
+                        help="channels of Faster Score-CAM (default: %(default)s)")
+    parser.add_argument("--skip-scorecam", action="store_true", help="skip the Score-CAM part")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    for name, layer, batch in (("resnet50", "layer4", 8), ("vgg16", "features.28", 4)):
+        model = torchvision.models.get_model(name, weights=None).eval().to(device)
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        targets = model(x).argmax(1).tolist()
+        times = timeit(gradcam_cases(model, x, layer, targets), args.repeats, device)
+        report(f"Grad-CAM, {name} {layer}, batch {batch}, 224², {device}", times,
+               "lower bound (forward + grad)")
+
+    model = torchvision.models.resnet50(weights=None).eval().to(device)
+    x = torch.randn(8, 3, 224, 224, device=device)
+
+    def plain():
+        with torch.no_grad():
+            return model(x)
+
+    times = timeit({
+        "plain forward": plain,
+        "vistool gradcam (closed form)": lambda: explain(model, x, "gradcam"),
+        "vistool gradcam topk=5 (closed)": lambda: explain(model, x, "gradcam", topk=5),
+    }, args.repeats, device)
+    report(f"Closed form, resnet50 layer4, batch 8, 224², {device}", times, "plain forward")
+    times = timeit({
+        "generic topk=1": lambda: explain(model, x, "gradcam", topk=1, closed_form=False),
+        "generic topk=5": lambda: explain(model, x, "gradcam", topk=5, closed_form=False),
+    }, args.repeats, device)
+    report(f"topk, resnet50 layer4, batch 8, generic path, {device}", times, "generic topk=1")
+
+    if not args.skip_scorecam:
+        scorecam_section(device, args.fast_channels)
+
+
+if __name__ == "__main__":
+    main()
