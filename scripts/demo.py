@@ -29,15 +29,33 @@ def run(out: Path, seed: int) -> Path:
     checkpoint = pretrained_shapes_cnn(log=lambda line: print(line, file=sys.stderr))
     inputs = out / "inputs"
     inputs.mkdir(parents=True)
-    scene = render_scene(np.random.default_rng(seed), 64, [ShapesDataset.classes.index("star")])
-    Image.fromarray(scene.image).resize((256, 256), Image.NEAREST).save(inputs / "shapes-star.png")
+    rng = np.random.default_rng(seed)
+    star = render_scene(rng, 64, [ShapesDataset.classes.index("star")])
+    pair = render_scene(rng, 64, [ShapesDataset.classes.index("circle"),
+                                  ShapesDataset.classes.index("cross")])
+    for name, scene in (("shapes-star.png", star), ("shapes-circle-cross.png", pair)):
+        Image.fromarray(scene.image).resize((256, 256), Image.NEAREST).save(inputs / name)
     Image.fromarray(photograph()).save(inputs / "photo-chelsea.png")
-    images = [str(inputs / "shapes-star.png"), str(inputs / "photo-chelsea.png")]
-    status = vistool(["activations", "--model", str(checkpoint), "--layer", "features.3",
-                      "--layer", "features", "--out", str(out / "activations-shapes-cnn"),
-                      *images])
-    if status:
-        raise SystemExit(status)
+    star_path, pair_path, photo_path = (str(inputs / n) for n in (
+        "shapes-star.png", "shapes-circle-cross.png", "photo-chelsea.png"))
+    model = ["--model", str(checkpoint)]
+    runs = [
+        ["activations", *model, "--layer", "features.3", "--layer", "features",
+         "--out", str(out / "1-activations"), star_path, photo_path],
+        # Two objects, two classes: each class's map should sit on its own object.
+        ["gradcam", *model, "--target", "circle", "--out", str(out / "2-gradcam-circle"),
+         pair_path],
+        ["gradcam", *model, "--target", "cross", "--out", str(out / "3-gradcam-cross"),
+         pair_path],
+        ["gradcam", *model, "--topk", "2", "--out", str(out / "4-gradcam-top2"), star_path,
+         photo_path],
+        ["gradcam", *model, "--method", "scorecam", "--out", str(out / "5-scorecam"),
+         star_path, photo_path],
+    ]
+    for argv in runs:
+        status = vistool(argv)
+        if status:
+            raise SystemExit(status)
     return write_gallery(out, title="vistool demo")
 
 
