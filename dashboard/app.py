@@ -13,7 +13,7 @@ import torch
 import vistool
 from trainers.data import SHAPE_CLASSES, render_scene
 from vistool.activations import channel_stats
-from vistool.render import channel_grid, to_uint8_hwc
+from vistool.render import channel_grid, enlarge, overlay, to_uint8_hwc
 
 
 @st.cache_resource(show_spinner="loading model …")
@@ -55,7 +55,7 @@ def main() -> None:
     col_pred.table({"class": [loaded.class_name(int(i)) or int(i) for i in top.indices],
                     "probability": [round(float(p), 4) for p in top.values]})
 
-    tab_layers, tab_acts = st.tabs(["Layers", "Activations"])
+    tab_layers, tab_acts, tab_cam = st.tabs(["Layers", "Activations", "Class activation map"])
     with tab_layers:
         st.dataframe([row.to_dict() for row in loaded.layers], width="stretch")
     with tab_acts:
@@ -73,6 +73,25 @@ def main() -> None:
         stats = channel_stats(act)
         st.dataframe({"channel": channels,
                       **{k: v[channels].tolist() for k, v in stats.items()}})
+    with tab_cam:
+        spatial = [row.name for row in loaded.layers
+                   if row.output_shape is not None and len(row.output_shape) == 4]
+        method = st.selectbox("Method", vistool.CAM_METHODS, index=1, key="cam_method")
+        cam_layer = st.selectbox("Layer", spatial, index=spatial.index(loaded.default_layer),
+                                 key="cam_layer")
+        options = [int(i) for i in top.indices]
+        target = st.selectbox("Class", options, key="cam_target",
+                              format_func=lambda i: f"{i}: {loaded.class_name(i) or ''}")
+        try:
+            result = vistool.explain(loaded, batch, method, targets=target, layer=cam_layer,
+                                     channels=32)
+        except vistool.VistoolError as exc:
+            st.error(str(exc))
+            return
+        view = vistool.deprocess(batch, loaded.mean, loaded.std)[0]
+        st.image(to_uint8_hwc(enlarge(overlay(view, result.maps[0]))),
+                 caption=f"{method} · {cam_layer} · class {target}"
+                         f"{' (closed form)' if result.closed_form else ''}")
 
 
 main()

@@ -30,12 +30,17 @@ def test_dashboard_shows_layers_activations_and_predictions(app, tmp_path):
     app.text_input(key="model").input(str(path)).run()
     assert not app.exception
     assert not app.error
-    assert [t.label for t in app.tabs] == ["Layers", "Activations"]
+    assert [t.label for t in app.tabs] == ["Layers", "Activations", "Class activation map"]
     assert app.selectbox(key="layer").value == "features"
     assert set(app.table[0].value["class"]) == {"yes", "no"}
     app.selectbox(key="layer").select("features.0").run()
     captions = [img.proto.imgs[0].caption for img in app.get("image")]
-    assert captions == ["input", "features.0: (4, 32, 32)"]
+    assert captions[:2] == ["input", "features.0: (4, 32, 32)"]
+    assert captions[2].startswith("gradcam · features · class ")
+    assert captions[2].endswith("(closed form)")
+    app.selectbox(key="cam_method").select("cam").run()
+    app.selectbox(key="cam_layer").select("features.3").run()
+    assert "not followed by global average pooling" in app.error[0].value
     stats = app.dataframe[-1].value
     assert list(stats["channel"]) == [0, 1, 2, 3]
 
