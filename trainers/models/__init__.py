@@ -48,4 +48,4 @@ def model_defaults(name: str) -> dict[str, Any]:
     return dict(_REGISTRY[name][1])
 
 
-from . import cnn  # noqa: E402,F401  (registers the models)
+from . import classic, cnn, generative, transfer  # noqa: E402,F401  (registers the models)
