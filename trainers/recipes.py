@@ -1,54 +1,167 @@
-"""Named recipes: model + data + optimiser settings that reach a stated accuracy.
+"""Named recipes: a model, its data, its optimiser settings and the result to expect.
 
-Only ``shapes-cnn`` exists so far; it is the model behind ``make demo``.
+``run_recipe(name, ...)`` builds everything and calls :func:`trainers.loop.train`; the
+``vistool train`` command is a thin face over it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
-from .data import ShapesDataset
-from .loop import FitConfig, fit
+from vistool.errors import VistoolError, suggestion
+
+from .data import load_data
+from .loop import TrainConfig, train
 from .models import get_model, model_defaults
+from .tasks import ClassifierTask, GanTask, ReconstructionTask
 
-__all__ = ["cache_dir", "pretrained_shapes_cnn", "train_shapes_cnn"]
+__all__ = ["RECIPES", "Recipe", "cache_dir", "pretrained_shapes_cnn", "run_recipe"]
+
+GREY = ("mnist", "fashion-mnist", "digits")
+COLOUR = ("cifar10", "shapes", "imagefolder")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named training setup; ``expected`` is the result its defaults reach."""
+
+    arch: str
+    dataset: str
+    datasets: tuple[str, ...]
+    task: str = "classify"  # classify | reconstruct | gan
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    augment: tuple[str, ...] = ()
+    loss: str = ""
+    n_critic: int = 1
+    input_size: tuple[int, int, int] | None = None
+    expected: str = ""
+
+
+_CIFAR = {"datasets": COLOUR, "augment": ("crop", "flip"), "epochs": 30}
+_GEN = {"datasets": GREY, "weight_decay": 0.0, "schedule": "constant", "optimizer": "adam"}
+
+RECIPES: dict[str, Recipe] = {
+    "lenet-mnist": Recipe("lenet", "mnist", GREY, epochs=10, expected="val_acc ≈ 0.99"),
+    "lenet-digits": Recipe("lenet", "digits", GREY, epochs=15, batch_size=32, lr=3e-3,
+                           expected="val_acc ≥ 0.95 (CPU, ~10 s)"),
+    "cnn-mnist": Recipe("mnist_cnn", "mnist", GREY, epochs=10, expected="val_acc ≈ 0.995"),
+    "simplecnn-cifar10": Recipe("simple_cnn", "cifar10", lr=2e-3, expected="val_acc ≈ 0.88",
+                                **_CIFAR),
+    "alexnet-cifar10": Recipe("alexnet_book", "cifar10", expected="val_acc ≈ 0.85", **_CIFAR),
+    "vgg16-cifar10": Recipe("vgg_book", "cifar10", arch_kwargs={"depth": 16},
+                            optimizer="sgd", lr=0.05, expected="val_acc ≈ 0.93", **_CIFAR),
+    "googlenet-cifar10": Recipe("googlenet_book", "cifar10", optimizer="sgd", lr=0.05,
+                                expected="val_acc ≈ 0.94", **_CIFAR),
+    "resnet-cifar10": Recipe("resnet_book", "cifar10", optimizer="sgd", lr=0.05,
+                             expected="val_acc ≈ 0.94", **_CIFAR),
+    "transfer-imagefolder": Recipe("transfer", "imagefolder", ("imagefolder",),
+                                   arch_kwargs={"mode": "finetune", "pretrained": True},
+                                   epochs=5, batch_size=32, lr=3e-4, augment=("crop", "flip"),
+                                   expected="cats vs dogs val_acc ≈ 0.97 (pretrained)"),
+    "shapes-cnn": Recipe("shapes_cnn", "shapes", ("shapes",), epochs=6, batch_size=64, lr=1e-2,
+                         weight_decay=1e-4, expected="val_acc ≥ 0.98 (CPU, ~1 min)"),
+    "autoencoder-mnist": Recipe("autoencoder", "mnist", task="reconstruct", loss="bce",
+                                epochs=10, lr=1e-3, expected="BCE/image ≈ 130", **_GEN),
+    "conv-autoencoder-mnist": Recipe("conv_autoencoder", "mnist", task="reconstruct",
+                                     loss="bce", epochs=10, lr=1e-3,
+                                     expected="BCE/image ≈ 70", **_GEN),
+    "vae-mnist": Recipe("vae", "mnist", task="reconstruct", loss="vae", epochs=10, lr=1e-3,
+                        expected="BCE+KL/image ≈ 105", **_GEN),
+    "gan-mnist": Recipe("gan", "mnist", task="gan", loss="bce", epochs=30, lr=2e-4,
+                        expected="recognisable digits after ~30 epochs", **_GEN),
+    "lsgan-mnist": Recipe("gan", "mnist", task="gan", loss="lsgan", epochs=30, lr=2e-4,
+                          expected="recognisable digits after ~30 epochs", **_GEN),
+    "dcgan-mnist": Recipe("dcgan", "mnist", task="gan", loss="bce", epochs=10, lr=2e-4,
+                          expected="sharp digits after ~10 epochs", **_GEN),
+    "wgan-gp-mnist": Recipe("dcgan", "mnist", task="gan", loss="wgan-gp", n_critic=5,
+                            arch_kwargs={"critic": True}, epochs=20, lr=1e-4,
+                            expected="sharp digits after ~20 epochs", **_GEN),
+}
+
+
+def _input_size(recipe: Recipe) -> tuple[int, int, int]:
+    """The image size the recipe trains on (a GAN's model input is its latent)."""
+    if recipe.input_size:
+        return recipe.input_size
+    if recipe.task == "gan":
+        return (1, 28, 28)
+    return tuple(model_defaults(recipe.arch)["input_size"])  # type: ignore[return-value]
+
+
+def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
+               data_dir: str | None = None, download: bool = False, resume: bool = False,
+               pretrained: bool | None = None, log=None, **overrides: Any) -> dict[str, Any]:
+    """Train recipe ``name`` into ``out_dir``; ``overrides`` are :class:`TrainConfig` fields
+    (epochs, batch_size, lr, seed, device, amp, workers, progress ...)."""
+    if name not in RECIPES:
+        raise VistoolError(f"unknown recipe {name!r}" + suggestion(name, RECIPES,
+                                                                   "recipes with --list"))
+    recipe = RECIPES[name]
+    dataset = dataset or recipe.dataset
+    if dataset not in recipe.datasets:
+        raise VistoolError(f"recipe {name} trains on {', '.join(recipe.datasets)}, not "
+                           f"{dataset!r}; choose one of those with --dataset")
+    config = replace(TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                 lr=recipe.lr, schedule=recipe.schedule),
+                     **{k: v for k, v in overrides.items() if v is not None})
+    defaults = model_defaults(recipe.arch)
+    size = _input_size(recipe)
+    mean, std = defaults["mean"], defaults["std"]
+    if len(mean) != size[0]:
+        mean, std = mean[:1] * size[0], std[:1] * size[0]
+    data = load_data(dataset, size, mean, std, augment=recipe.augment, data_dir=data_dir,
+                     download=download, seed=config.seed)
+    kwargs = dict(recipe.arch_kwargs)
+    if recipe.task == "classify":
+        kwargs["num_classes"] = len(data.classes)
+        if recipe.arch != "transfer":
+            kwargs.update(in_channels=size[0], image_size=size[1])
+    if pretrained is not None and "pretrained" in kwargs:
+        kwargs["pretrained"] = pretrained
+    torch.manual_seed(config.seed)  # the initial weights are part of the run
+    model = get_model(recipe.arch, **kwargs)
+    if recipe.task == "classify":
+        task = ClassifierTask(model, config.lr, recipe.weight_decay, recipe.optimizer)
+    elif recipe.task == "reconstruct":
+        task = ReconstructionTask(model, config.lr, recipe.weight_decay, recipe.optimizer,
+                                  loss=recipe.loss)
+    else:
+        task = GanTask(model, config.lr, loss=recipe.loss, n_critic=recipe.n_critic)
+    rebuild = {**kwargs, **({"pretrained": False} if "pretrained" in kwargs else {})}
+    metadata = {"arch": recipe.arch, "arch_kwargs": rebuild, "recipe": name,
+                "dataset": dataset, "classes": data.classes if recipe.task == "classify"
+                else None, "input_size": list(defaults["input_size"])
+                if recipe.task == "gan" else list(size), "mean": list(mean), "std": list(std),
+                "task": recipe.task}
+    if recipe.task == "gan":
+        metadata.update(mean=[0.0] * defaults["input_size"][0],
+                        std=[1.0] * defaults["input_size"][0])
+    return train(task, data, config, out_dir, metadata, resume=resume, log=log)
 
 
 def cache_dir() -> Path:
-    """The user cache directory of vistool (``$XDG_CACHE_HOME/vistool`` or ``~/.cache/vistool``)."""
+    """The user cache directory of vistool (``$VISTOOL_CACHE``, ``$XDG_CACHE_HOME/vistool``
+    or ``~/.cache/vistool``)."""
     root = os.environ.get("VISTOOL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vistool")
     return Path(root)
 
 
-def train_shapes_cnn(out_dir: Path, epochs: int = 6, n_train: int = 5000, n_val: int = 500,
-                     seed: int = 0, device: str = "cpu", progress: bool = True, lr: float = 1e-2,
-                     log=None) -> dict[str, Any]:
-    """Train ``shapes_cnn`` on the synthetic shapes; returns the best epoch's metrics."""
-    defaults = model_defaults("shapes_cnn")
-    size = defaults["input_size"][1]
-    normalize = v2.Normalize(defaults["mean"], defaults["std"])
-    train = ShapesDataset(n_train, size=size, seed=seed, transform=normalize)
-    val = ShapesDataset(n_val, size=size, seed=seed + 10_000, transform=normalize)
-    kwargs = {"num_classes": len(ShapesDataset.classes)}
-    torch.manual_seed(seed)  # the initial weights are part of the run
-    model = get_model("shapes_cnn", **kwargs)
-    metadata = {"arch": "shapes_cnn", "arch_kwargs": kwargs, "classes": ShapesDataset.classes,
-                "dataset": "shapes", "recipe": "shapes-cnn", **defaults}
-    config = FitConfig(epochs=epochs, batch_size=64, lr=lr, seed=seed, device=device,
-                       progress=progress)
-    return fit(model, train, val, config, out_dir, metadata, log=log)
-
-
 def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:
     """The cached ``shapes-cnn`` checkpoint, trained on first use (about a minute on a CPU)."""
-    out_dir = cache_dir() / "shapes-cnn-v1"
+    out_dir = cache_dir() / "shapes-cnn-v2"
     best = out_dir / "best.safetensors"
     if not best.is_file():
-        train_shapes_cnn(out_dir, progress=progress, log=log)
+        run_recipe("shapes-cnn", out_dir, device="cpu", progress=progress, log=log)
     return best

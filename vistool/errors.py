@@ -30,6 +30,10 @@ class CheckpointError(ModelError):
     """A checkpoint is missing, corrupt or does not match the model."""
 
 
+class DataError(VistoolError):
+    """A dataset is missing, empty or unusable."""
+
+
 class LayerError(VistoolError, KeyError):
     """A layer name does not exist in the model."""
 

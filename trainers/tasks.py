@@ -1,0 +1,211 @@
+"""What one training step means for each kind of model: classification, reconstruction
+(autoencoders, VAE) and adversarial (GAN, LSGAN, DCGAN, WGAN-GP).
+
+A task owns its model and optimisers; :mod:`trainers.loop` owns devices, data, AMP, DDP,
+logging and checkpoints and calls ``task.step`` and ``task.evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ClassifierTask", "GanTask", "ReconstructionTask", "Task"]
+
+
+class Task:
+    """Base class. ``monitor``/``mode``: the validation metric that picks ``best``."""
+
+    monitor = "val_loss"
+    mode = "min"
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0,
+                 optimizer: str = "adamw"):
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer
+        self.wrap: Callable[[nn.Module], nn.Module] = lambda m: m  # DDP wrapper, set by loop
+
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [_optimizer(self.optimizer_name, params, self.lr, self.weight_decay)]
+
+    def prepare(self) -> None:
+        """Called once the model is on its device: wraps modules (DDP) for training."""
+        self.train_model = self.wrap(self.model)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizers, backward) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, loader, device, autocast) -> dict[str, float]:
+        raise NotImplementedError
+
+    def samples(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """A grid-ready batch of images in [0, 1] to save after each epoch, or None."""
+        return None
+
+
+def _optimizer(name: str, params, lr: float, weight_decay: float,
+               betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
+                               nesterov=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+
+
+class ClassifierTask(Task):
+    """Cross-entropy classification; validation reports ``val_loss`` and ``val_acc``."""
+
+    monitor = "val_acc"
+    mode = "max"
+
+    def step(self, x, y, optimizers, backward):
+        loss = F.cross_entropy(self.train_model(x), y)
+        backward(loss, optimizers[0])
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, loader, device, autocast):
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast():
+                logits = self.model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            count += len(y)
+        return {"val_loss": loss_sum / count, "val_acc": correct / count}
+
+
+class ReconstructionTask(Task):
+    """Autoencoders (``loss`` = ``bce`` or ``mse``, per image) and the VAE (``vae``: BCE+KL).
+
+    Images are expected in [0, 1] (the recipes use mean 0, std 1)."""
+
+    def __init__(self, model, lr, weight_decay=0.0, optimizer="adam", loss: str = "bce"):
+        super().__init__(model, lr, weight_decay, optimizer)
+        self.loss_name = loss
+
+    def _loss(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        recon = net(x)
+        if self.loss_name == "vae":
+            return self.model.loss(x, recon.float())
+        fn = F.binary_cross_entropy if self.loss_name == "bce" else F.mse_loss
+        return fn(recon.float(), x, reduction="sum") / len(x)
+
+    def step(self, x, y, optimizers, backward):
+        loss = self._loss(self.train_model, x)
+        backward(loss, optimizers[0])
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, loader, device, autocast):
+        self.model.eval()
+        total, count = 0.0, 0
+        for x, _ in loader:
+            x = x.to(device)
+            with autocast():
+                total += self._loss(self.model, x).item() * len(x)
+            count += len(x)
+        return {"val_loss": total / count}
+
+    @torch.no_grad()
+    def samples(self, batch):
+        self.model.eval()
+        return torch.cat([batch[:8], self.model(batch[:8]).float()]).clamp(0, 1)
+
+
+class GanTask(Task):
+    """Adversarial training of ``model.generator`` against ``model.discriminator``.
+
+    ``loss``: ``bce`` (the original GAN, non-saturating generator loss), ``lsgan`` (least
+    squares) or ``wgan-gp`` (Wasserstein critic with gradient penalty, ``n_critic`` critic
+    steps per generator step). Validation reports the discriminator's loss on held-out
+    real images against fresh fakes as ``val_loss``.
+    """
+
+    def __init__(self, model, lr, weight_decay=0.0, optimizer="adam", loss: str = "bce",
+                 n_critic: int = 1, gp_weight: float = 10.0):
+        super().__init__(model, lr, weight_decay, optimizer)
+        self.loss_name = loss
+        self.n_critic = n_critic
+        self.gp_weight = gp_weight
+        self._count = 0
+        self.fixed_z = torch.randn(64, model.z_dim, 1, 1,
+                                   generator=torch.Generator().manual_seed(1234))
+
+    def build_optimizers(self):
+        betas = (0.0, 0.9) if self.loss_name == "wgan-gp" else (0.5, 0.999)
+        return [_optimizer("adam", self.model.generator.parameters(), self.lr, 0.0, betas),
+                _optimizer("adam", self.model.discriminator.parameters(), self.lr, 0.0, betas)]
+
+    def prepare(self):
+        self.generator = self.wrap(self.model.generator)
+        self.discriminator = self.wrap(self.model.discriminator)
+
+    def _d_loss(self, real_logits, fake_logits):
+        if self.loss_name == "lsgan":
+            return 0.5 * ((real_logits - 1).pow(2).mean() + fake_logits.pow(2).mean())
+        if self.loss_name == "wgan-gp":
+            return fake_logits.mean() - real_logits.mean()
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+    def _g_loss(self, fake_logits):
+        if self.loss_name == "lsgan":
+            return 0.5 * (fake_logits - 1).pow(2).mean()
+        if self.loss_name == "wgan-gp":
+            return -fake_logits.mean()
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+    def _penalty(self, real, fake):
+        alpha = torch.rand(len(real), 1, 1, 1, device=real.device)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.discriminator(mixed).sum(), mixed, create_graph=True)
+        return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+    def step(self, x, y, optimizers, backward):
+        opt_g, opt_d = optimizers
+        z = torch.randn(len(x), self.model.z_dim, 1, 1, device=x.device)
+        fake = self.generator(z)
+        d_loss = self._d_loss(self.discriminator(x).float(),
+                              self.discriminator(fake.detach()).float())
+        if self.loss_name == "wgan-gp":
+            d_loss = d_loss + self.gp_weight * self._penalty(x, fake.detach())
+        backward(d_loss, opt_d)
+        out = {"loss": d_loss.item(), "d_loss": d_loss.item()}
+        self._count += 1
+        if self._count % self.n_critic == 0:
+            g_loss = self._g_loss(self.discriminator(fake).float())
+            backward(g_loss, opt_g)
+            out["g_loss"] = g_loss.item()
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, loader, device, autocast):
+        self.model.eval()
+        total, count = 0.0, 0
+        generator = torch.Generator().manual_seed(0)
+        for x, _ in loader:
+            x = x.to(device)
+            z = torch.randn(len(x), self.model.z_dim, 1, 1, generator=generator).to(device)
+            with autocast():
+                fake = self.model.generator(z)
+                loss = self._d_loss(self.model.discriminator(x).float(),
+                                    self.model.discriminator(fake).float())
+            total += loss.item() * len(x)
+            count += len(x)
+        return {"val_loss": total / count}
+
+    @torch.no_grad()
+    def samples(self, batch):
+        self.model.eval()
+        return self.model.generator(self.fixed_z.to(batch.device)).float().clamp(0, 1)
