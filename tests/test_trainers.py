@@ -154,6 +154,10 @@ def test_lenet_digits_reaches_95_percent_and_reopens_in_vistool(tmp_path, capsys
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == RECIPES["lenet-digits"].epochs
     assert (out / "metrics.png").stat().st_size > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0
+    assert manifest["recipe"] == "lenet-digits"
+    assert "best.safetensors" in manifest["outputs"]
     loaded = vistool.load_model(str(out / "best.safetensors"), device="cpu")
     assert loaded.classes == [str(i) for i in range(10)]
     assert loaded.input_size == (1, 28, 28)

@@ -299,6 +299,14 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
         if world > 1:
             dist.barrier()
     model.eval()
+    if main:
+        from vistool.outputs import manifest, save_json
+
+        save_json(out_dir / "manifest.json", manifest(
+            "train", [data.name], {**asdict(config), "world_size": world}, sorted(
+                p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
+            seed=config.seed, timings={"seconds": round(sum(h["seconds"] for h in history), 3)},
+            recipe=metadata.get("recipe"), best=best))
     result = dict(best or {})
     result["history"] = history
     result["initial"] = initial

@@ -28,7 +28,8 @@ class ShapesCNN(nn.Module):
     The GAP + linear head makes it a CAM model: ``features`` is the Grad-CAM layer.
     """
 
-    def __init__(self, num_classes: int = 5, in_channels: int = 3, width: int = 16):
+    def __init__(self, num_classes: int = 5, in_channels: int = 3, width: int = 16,
+                 image_size: int = 64):  # any size >= 8: the head pools globally
         super().__init__()
         w = width
         self.features = nn.Sequential(
