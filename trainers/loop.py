@@ -248,6 +248,7 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
                 counts[key] = counts.get(key, 0) + 1
             step_losses.append(values["loss"])
             bar.set_postfix(loss=f"{values['loss']:.4f}")
+        train_seconds = time.perf_counter() - started
         if world > 1:  # average the epoch's training losses over the processes
             keys = sorted(totals)
             packed = torch.tensor([totals[k] / counts[k] for k in keys], dtype=torch.float64,
@@ -259,7 +260,7 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
         metrics.update({f"train_{k}": v / counts[k] for k, v in totals.items() if k != "loss"})
         metrics.update(task.evaluate(val_loader, device, autocast))
         metrics["seconds"] = round(time.perf_counter() - started, 3)
-        metrics["samples_per_s"] = round(steps * config.batch_size / metrics["seconds"], 1)
+        metrics["samples_per_s"] = round(steps * config.batch_size / train_seconds, 1)
         quarter = max(1, len(step_losses) // 4)  # loss over the first and last quarter
         metrics["first_steps_loss"] = sum(step_losses[:quarter]) / quarter
         metrics["last_steps_loss"] = sum(step_losses[-quarter:]) / quarter
