@@ -25,7 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_hooks.py
+	$(BIN)/python scripts/bench_cam.py
+	$(BIN)/python scripts/bench_train.py
 
 clean:
 	rm -rf $(VENV) vistool-out

@@ -45,6 +45,19 @@ def test_classifiers_work_at_their_sizes(name, kwargs, shape):
         assert model(torch.randn(*shape)).shape == (shape[0], 7)
 
 
+CLASSIFIERS = ["lenet", "mnist_cnn", "simple_cnn", "alexnet_book", "vgg_book", "googlenet_book",
+               "resnet_book"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_book_classifier_works_at_28_grey_32_colour_and_224(name):
+    for channels, size in ((1, 28), (3, 32), (3, 224)):
+        model = get_model(name, num_classes=10, in_channels=channels, image_size=size).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, channels, size, size))
+        assert out.shape == (1, 10), (name, size)
+
+
 def test_transfer_modes_freeze_the_right_parameters():
     frozen = get_model("transfer", num_classes=2, mode="freeze")
     assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["head.weight",
@@ -164,6 +177,29 @@ def test_lenet_digits_reaches_95_percent_and_reopens_in_vistool(tmp_path, capsys
     assert loaded.metadata["metrics"]["val_acc"] == pytest.approx(max(accs), abs=1e-4)
     assert main(["layers", "--model", str(out / "best.safetensors")]) == 0
     assert "default target layer: features" in capsys.readouterr().out
+
+
+def test_imagefolder_with_train_and_val_folders(tmp_path):
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("ants", "bees"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 30), (i * 40, 0, 0)).save(folder / f"{i}.jpg")
+    data = load_data("imagefolder", (3, 16, 16), (0.0,) * 3, (1.0,) * 3, data_dir=str(tmp_path))
+    assert (len(data.train), len(data.val), data.classes) == (6, 4, ["ants", "bees"])
+    assert data.train[0][0].shape == (3, 16, 16)
+    (tmp_path / "val" / "wasps").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "wasps" / "w.png")
+    with pytest.raises(DataError, match="different classes"):
+        load_data("imagefolder", (3, 16, 16), (0.0,) * 3, (1.0,) * 3, data_dir=str(tmp_path))
+
+
+def test_amp_on_cpu_trains(tmp_path):
+    best = run_recipe("lenet-digits", tmp_path, epochs=2, amp=True, device="cpu",
+                      progress=False, log=lambda _line: None)
+    assert best["val_acc"] > 0.5
+    assert best["val_acc"] > best["initial"]["val_acc"]
 
 
 def test_imagefolder_split_and_transfer_recipe(tmp_path):
