@@ -7,11 +7,10 @@ Target (issue 2): recording 5 layers of resnet50 (batch 8, 224², CPU) <= 1.10x 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torchvision
+from benchutil import report, timeit
 
 from vistool import record
 
@@ -32,10 +31,6 @@ def main() -> None:
     model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def plain():
         with torch.no_grad():
             model(x)
@@ -44,23 +39,10 @@ def main() -> None:
         with torch.no_grad(), record(model, args.layers):
             model(x)
 
-    cases = {"plain forward": plain, f"record {len(args.layers)} layers": recorded}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in cases.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["plain forward"])
-    print(f"{args.model}, batch {args.batch_size}, {args.size}², {device}, "
-          f"median of {args.repeats}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"  {name:<20} {med * 1000:9.1f} ms   {med / base:5.3f}x")
+    times = timeit({"plain forward": plain, f"record {len(args.layers)} layers": recorded},
+                   args.repeats, device)
+    report(f"{args.model}, batch {args.batch_size}, {args.size}², {device}, median of "
+           f"{args.repeats}", times, "plain forward")
 
 
 if __name__ == "__main__":

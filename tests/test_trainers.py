@@ -234,6 +234,7 @@ def test_generative_recipe_trains_an_epoch_on_digits(tmp_path, recipe):
     loaded = vistool.load_model(str(out / "best.safetensors"), device="cpu")
     state, _ = load_checkpoint(out / "best.safetensors")
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+    assert main(["layers", "--model", str(out / "best.safetensors")]) == 0
 
 
 def _weights(path):

@@ -120,35 +120,30 @@ def render_scene(rng: np.random.Generator, size: int, labels: Sequence[int],
 class ShapesDataset(Dataset):
     """``n`` single-object shapes images, generated once from ``seed`` (same seed, same data).
 
-    Items are ``(transform(image), label)``; without a transform the image is a float
-    tensor (3, H, W) in [0, 1]. ``boxes[i]`` and ``masks[i]`` give the object's location.
+    Items are ``(image, label)`` with the image a float tensor (3, H, W) in [0, 1];
+    ``boxes[i]`` (x0, y0, x1, y1) and ``masks[i]`` give the object's location.
     """
 
     classes: tuple[str, ...] = SHAPE_CLASSES
 
-    def __init__(self, n: int, size: int = 64, seed: int = 0, transform=None,
-                 objects: int = 1):
+    def __init__(self, n: int, size: int = 64, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.transform = transform
         self.images = np.empty((n, size, size, 3), np.uint8)
-        self.labels = np.empty((n, objects), np.int64)
-        self.boxes = np.empty((n, objects, 4), np.int64)
-        self.masks = np.empty((n, objects, size, size), bool)
+        self.labels = np.empty(n, np.int64)
+        self.boxes = np.empty((n, 4), np.int64)
+        self.masks = np.empty((n, size, size), bool)
         for i in range(n):
-            labels = rng.choice(len(SHAPE_CLASSES), size=objects, replace=False)
-            scene = render_scene(rng, size, labels.tolist())
-            self.images[i], self.labels[i] = scene.image, labels
-            self.boxes[i], self.masks[i] = scene.boxes, scene.masks
+            label = int(rng.integers(len(SHAPE_CLASSES)))
+            scene = render_scene(rng, size, [label])
+            self.images[i], self.labels[i] = scene.image, label
+            self.boxes[i], self.masks[i] = scene.boxes[0], scene.masks[0]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div_(255)
-        if self.transform is not None:
-            image = self.transform(image)
-        label = self.labels[index]
-        return image, int(label[0]) if len(label) == 1 else torch.from_numpy(label)
+        return image, int(self.labels[index])
 
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits", "shapes", "imagefolder")

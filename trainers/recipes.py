@@ -44,7 +44,6 @@ class Recipe:
     augment: tuple[str, ...] = ()
     loss: str = ""
     n_critic: int = 1
-    input_size: tuple[int, int, int] | None = None
     expected: str = ""
 
 
@@ -92,8 +91,6 @@ RECIPES: dict[str, Recipe] = {
 
 def _input_size(recipe: Recipe) -> tuple[int, int, int]:
     """The image size the recipe trains on (a GAN's model input is its latent)."""
-    if recipe.input_size:
-        return recipe.input_size
     if recipe.task == "gan":
         return (1, 28, 28)
     return tuple(model_defaults(recipe.arch)["input_size"])  # type: ignore[return-value]
@@ -160,7 +157,7 @@ def cache_dir() -> Path:
 
 def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:
     """The cached ``shapes-cnn`` checkpoint, trained on first use (about a minute on a CPU)."""
-    out_dir = cache_dir() / "shapes-cnn-v2"
+    out_dir = cache_dir() / "shapes-cnn-v3"
     best = out_dir / "best.safetensors"
     if not best.is_file():
         run_recipe("shapes-cnn", out_dir, device="cpu", progress=progress, log=log)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import VistoolError
+from .errors import LayerError, VistoolError
 
 EXIT_USAGE = 2
 
@@ -96,8 +96,12 @@ def _cmd_layers(args: argparse.Namespace) -> int:
                         for i, (c, w) in enumerate(zip(row, widths))))
     total = sum(p.numel() for p in loaded.model.parameters())
     size = "x".join(map(str, loaded.input_size))
+    try:
+        default = loaded.default_layer
+    except LayerError:
+        default = "none (no layer with a spatial output)"
     print(f"\n{len(rows)} layers, {total:,} parameters, input {size}, "
-          f"default target layer: {loaded.default_layer}")
+          f"default target layer: {default}")
     return 0
 
 

@@ -140,10 +140,10 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
         fp = io.BytesIO(source)
     else:
         raise ImageError(f"cannot read an image from {name}; pass a path, bytes or an array")
-    old_limit = Image.MAX_IMAGE_PIXELS
+    old_limit, old_truncated = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         Image.MAX_IMAGE_PIXELS = max_pixels
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not grey
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp)
@@ -159,7 +159,7 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image {name} is corrupt or truncated ({exc}); re-export it") from None
     finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old_limit, old_truncated
     return img
 
 
