@@ -235,6 +235,13 @@ def test_targets_and_errors(hand):
     torch.testing.assert_close(result.raw["relu"][0], expected, rtol=0, atol=1e-7)
 
 
+def test_score_independent_of_the_layer_gives_a_zero_map(hand):
+    with pytest.warns(ConstantMapWarning):
+        result = explain(hand, batch(), "gradcam", layer="relu", closed_form=False,
+                         targets=lambda out: torch.ones(out.shape[0]))
+    assert torch.equal(result.maps, torch.zeros(1, 3, 3))
+
+
 def test_constant_map_is_zero_with_a_warning(hand):
     with torch.no_grad():
         hand.fc.weight[1] = 0.0

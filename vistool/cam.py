@@ -398,6 +398,10 @@ def explain(
             logits = output.detach()
             index = _resolve_targets(targets, logits, topk)
             scores = output.gather(1, index)
+        missing_layers = [name for name in layers if name not in rec]
+        if missing_layers:
+            raise VistoolError(f"layer {missing_layers[0]!r} did not run in the forward pass; "
+                               "pick a layer that 'vistool layers' lists with a shape")
         acts = {name: rec[name] for name in layers}
         for name, act in acts.items():
             if not isinstance(act, torch.Tensor) or act.dim() != 4:
@@ -413,9 +417,13 @@ def explain(
             else:
                 per_target = []
                 for j in range(scores.shape[1]):
-                    per_target.append(torch.autograd.grad(
+                    found = torch.autograd.grad(
                         scores[:, j].sum(), [acts[n] for n in layers],
-                        retain_graph=j < scores.shape[1] - 1))
+                        retain_graph=j < scores.shape[1] - 1, allow_unused=True
+                    ) if scores.requires_grad else [None] * len(layers)
+                    # A score that does not depend on a layer has zero gradient there.
+                    per_target.append([torch.zeros_like(acts[n]) if g is None else g
+                                       for g, n in zip(found, layers)])
                 grads = {n: torch.stack([g[i] for g in per_target], 1)
                          for i, n in enumerate(layers)}
 
