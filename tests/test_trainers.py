@@ -282,3 +282,19 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for key in full:
         torch.testing.assert_close(again[key], full[key], rtol=0, atol=1e-6)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["transfer-imagefolder", "--data-dir", "nowhere"], "does not exist"),
+    (["lenet-mnist", "--data-dir", "nowhere"], "mnist not found under"),
+    (["lenet-digits", "--dataset", "cifar10"], "trains on mnist, fashion-mnist, digits"),
+    (["lenet-digits", "--batch-size", "5000"], "fewer than one batch"),
+], ids=["imagefolder", "mnist", "dataset", "batch"])
+def test_train_cli_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("vistool: error: ")
+    assert fragment in err[0]
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
