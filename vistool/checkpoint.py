@@ -88,8 +88,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    if isinstance(obj, nn.Module):  # unreachable with weights_only, kept for clarity of errors
-        obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict"

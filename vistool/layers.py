@@ -14,7 +14,14 @@ from torch import nn
 
 from .errors import LayerError, suggestion
 
-__all__ = ["LayerInfo", "default_layer", "layer_names", "layer_table", "resolve_layers"]
+__all__ = [
+    "LayerInfo",
+    "default_layer",
+    "layer_names",
+    "layer_table",
+    "model_device",
+    "resolve_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ def _first_tensor(value) -> torch.Tensor | None:
     return None
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a stateless model."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -109,7 +117,7 @@ def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
 
         return hook
 
-    x = torch.zeros((1, *input_size), device=_model_device(model))
+    x = torch.zeros((1, *input_size), device=model_device(model))
     with preserved_state(model, eval_mode=True), torch.no_grad():
         try:
             for name, module in named:

@@ -24,7 +24,7 @@ from torch import nn
 from .checkpoint import apply_state_dict, load_checkpoint
 from .errors import CheckpointError, ModelError, TargetError, WeightsError, suggestion
 from .imageio import ImageSource, make_transform, preprocess
-from .layers import LayerInfo, default_layer, layer_table
+from .layers import LayerInfo, default_layer, layer_table, model_device
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -66,9 +66,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
+        return model_device(self.model)
 
     @cached_property
     def layers(self) -> list[LayerInfo]:

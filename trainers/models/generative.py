@@ -99,11 +99,6 @@ class _GAN(nn.Module):
     def forward(self, z):
         return self.generator(z)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.z_dim, 1, 1, generator=generator, device="cpu").to(device)
-        return self.generator(z)
-
 
 @register_model("gan", input_size=(64, 1, 1), mean=UNIT[0], std=UNIT[1])
 class GAN(_GAN):
