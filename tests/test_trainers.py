@@ -235,6 +235,16 @@ def test_generative_recipe_trains_an_epoch_on_digits(tmp_path, recipe):
     state, _ = load_checkpoint(out / "best.safetensors")
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
     assert main(["layers", "--model", str(out / "best.safetensors")]) == 0
+    if RECIPES[recipe].task == "gan":  # its input is a latent vector, not an image
+        image = tmp_path / "digit.png"
+        Image.new("L", (28, 28), 128).save(image)
+        assert main(["activations", "--model", str(out / "best.safetensors"),
+                     str(image)]) == 2
+    if RECIPES[recipe].task == "gan":  # its input is a latent vector, not an image
+        image = tmp_path / "digit.png"
+        Image.new("L", (28, 28), 128).save(image)
+        assert main(["activations", "--model", str(out / "best.safetensors"),
+                     str(image)]) == 2
 
 
 def _weights(path):

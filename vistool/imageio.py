@@ -190,11 +190,18 @@ def make_transform(
 
     Resizes the shorter side to ``resize`` and centre-crops to ``input_size[1:]``
     (torchvision's ImageNet recipe); without ``resize`` the image is resized straight
-    to the input size. A one-channel model gets the grayscale image.
+    to the input size. A one-channel model gets the grayscale image; a model whose input
+    is not an image (a GAN's latent) gets a transform that raises :class:`ImageError`.
     """
     from torchvision.transforms import v2
 
     channels, height, width = input_size
+    if channels not in (1, 3):
+        def refuse(_image):
+            raise ImageError(f"this model takes inputs of shape {tuple(input_size)}, not "
+                             "images (1 or 3 channels); image commands do not apply to it")
+
+        return refuse
     steps = []
     if channels == 1:
         steps.append(v2.Grayscale(num_output_channels=1))
