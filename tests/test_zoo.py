@@ -44,9 +44,11 @@ def test_default_weights_come_from_the_torch_hub_cache(offline):
     assert loaded.default_layer == "layer4"
 
 
-def test_missing_default_weights_name_the_file_and_the_alternatives(offline):
+def test_missing_default_weights_name_the_file_and_the_alternatives(offline, capsys):
     with pytest.raises(WeightsError) as info:
         load_model("resnet18", weights="default", device="cpu")
+    printed = capsys.readouterr()
+    assert "Downloading" not in printed.out + printed.err  # the error is the only line
     message = str(info.value)
     expected = offline / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(expected) in message

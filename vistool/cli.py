@@ -163,7 +163,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 from .attribution import attribute
 
                 result = attribute(loaded, batch, args.method, targets=target,
-                                   layer=layers[0], smooth=args.smooth, seed=args.seed)
+                                   layer=layers[0], smooth=args.smooth, noise=args.noise,
+                                   steps=args.steps, window=args.window, stride=args.stride,
+                                   seed=args.seed)
                 raw = {"input": result.raw}  # (N, C, H, W)
             maps = result.maps if result.maps.dim() == 4 else result.maps[:, None]
             targets = result.targets.reshape(len(batch), -1)
@@ -204,7 +206,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if kind == "gradcam":
             options.update(topk=args.topk, channels=args.channels)
         else:
-            options.update(smooth=args.smooth)
+            options.update(smooth=args.smooth, noise=args.noise, steps=args.steps,
+                           window=args.window, stride=args.stride)
         info = manifest(kind, [str(p) for p in paths], options,
                         [e for entry in entries for e in entry["explanations"]],
                         seed=args.seed if kind == "attribute" else None,
@@ -401,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain_options(p, ATTRIBUTION_METHODS, "saliency")
     p.add_argument("--smooth", type=int, default=0, metavar="N",
                    help="SmoothGrad: average N noisy samples (default: off)")
+    p.add_argument("--noise", type=float, default=0.15,
+                   help="SmoothGrad noise std as a fraction of the input range "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=50,
+                   help="integration steps of ig (default: %(default)s)")
+    p.add_argument("--window", type=int, default=16,
+                   help="occlusion patch size in pixels (default: %(default)s)")
+    p.add_argument("--stride", type=int, default=8,
+                   help="occlusion patch step in pixels (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the SmoothGrad noise (default: %(default)s)")
     p.set_defaults(func=_cmd_explain)

@@ -7,8 +7,10 @@ layer that belong to it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import os
 import sys
 import urllib.error
@@ -179,6 +181,30 @@ def _hub_file(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
+class _DropDownloadNotice(io.TextIOBase):
+    """A stdout that passes everything on except torch.hub's 'Downloading: ...' line."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def write(self, text: str) -> int:
+        if not text.startswith("Downloading: "):
+            self.target.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def _quiet_download_notice():
+    """torch.hub announces every download on stdout before trying it, which would corrupt
+    ``--json`` output and, offline, precede vistool's one-line error. The download's
+    progress bar (stderr) still shows."""
+    with contextlib.redirect_stdout(_DropDownloadNotice(sys.stdout)):
+        yield
+
+
 def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module, Any]:
     import torchvision
 
@@ -186,7 +212,8 @@ def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module
     if not pretrained:
         return torchvision.models.get_model(name, weights=None, **kwargs), enum
     try:
-        return torchvision.models.get_model(name, weights=enum, **kwargs), enum
+        with _quiet_download_notice():
+            return torchvision.models.get_model(name, weights=enum, **kwargs), enum
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
         cached = _hub_file(enum)
         raise WeightsError(
