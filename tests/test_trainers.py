@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -251,11 +252,18 @@ def _weights(path):
     return load_checkpoint(path)[0]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_ddp_two_processes_match_one(tmp_path):
     args = ["train", "lenet-digits", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
             "--quiet"]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29531", "-m", "vistool", *args, "--out",
+                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                    "-m", "vistool", *args, "--out",
                     str(tmp_path / "ddp")], check=True, env=ENV, capture_output=True)
     subprocess.run([sys.executable, "-m", "vistool", *args, "--out", str(tmp_path / "one")],
                    check=True, env=ENV, capture_output=True)
