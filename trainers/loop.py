@@ -239,8 +239,7 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
                 x = x.contiguous(memory_format=torch.channels_last)
             if sample_batch is None:
                 sample_batch = x[:8].detach().clone()
-            with autocast():
-                values = task.step(x, y, optimizers, backward)
+            values = task.step(x, y, optimizers, backward, autocast)
             for sched in schedulers:
                 sched.step()
             for key, value in values.items():

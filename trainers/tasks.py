@@ -38,7 +38,10 @@ class Task:
         """Called once the model is on its device: wraps modules (DDP) for training."""
         self.train_model = self.wrap(self.model)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, optimizers, backward) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor, optimizers, backward,
+             autocast) -> dict[str, float]:
+        """One optimisation step; forward passes run under ``autocast()``, ``backward(loss,
+        optimizer)`` outside it (as torch.amp recommends)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -66,8 +69,10 @@ class ClassifierTask(Task):
     monitor = "val_acc"
     mode = "max"
 
-    def step(self, x, y, optimizers, backward):
-        loss = F.cross_entropy(self.train_model(x), y)
+    def step(self, x, y, optimizers, backward, autocast):
+        with autocast():
+            logits = self.train_model(x)
+        loss = F.cross_entropy(logits.float(), y)
         backward(loss, optimizers[0])
         return {"loss": loss.item()}
 
@@ -94,15 +99,16 @@ class ReconstructionTask(Task):
         super().__init__(model, lr, weight_decay, optimizer)
         self.loss_name = loss
 
-    def _loss(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        recon = net(x)
+    def _loss(self, net: nn.Module, x: torch.Tensor, autocast) -> torch.Tensor:
+        with autocast():  # the forward pass only: BCE is not autocast-safe in fp16
+            recon = net(x)
         if self.loss_name == "vae":
             return self.model.loss(x, recon.float())
         fn = F.binary_cross_entropy if self.loss_name == "bce" else F.mse_loss
         return fn(recon.float(), x, reduction="sum") / len(x)
 
-    def step(self, x, y, optimizers, backward):
-        loss = self._loss(self.train_model, x)
+    def step(self, x, y, optimizers, backward, autocast):
+        loss = self._loss(self.train_model, x, autocast)
         backward(loss, optimizers[0])
         return {"loss": loss.item()}
 
@@ -112,8 +118,7 @@ class ReconstructionTask(Task):
         total, count = 0.0, 0
         for x, _ in loader:
             x = x.to(device)
-            with autocast():
-                total += self._loss(self.model, x).item() * len(x)
+            total += self._loss(self.model, x, autocast).item() * len(x)
             count += len(x)
         return {"val_loss": total / count}
 
@@ -172,19 +177,21 @@ class GanTask(Task):
         (grad,) = torch.autograd.grad(self.discriminator(mixed).sum(), mixed, create_graph=True)
         return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
-    def step(self, x, y, optimizers, backward):
+    def step(self, x, y, optimizers, backward, autocast):
         opt_g, opt_d = optimizers
         z = torch.randn(len(x), self.model.z_dim, 1, 1, device=x.device)
-        fake = self.generator(z)
-        d_loss = self._d_loss(self.discriminator(x).float(),
-                              self.discriminator(fake.detach()).float())
-        if self.loss_name == "wgan-gp":
-            d_loss = d_loss + self.gp_weight * self._penalty(x, fake.detach())
+        with autocast():
+            fake = self.generator(z)
+            d_loss = self._d_loss(self.discriminator(x).float(),
+                                  self.discriminator(fake.detach()).float())
+        if self.loss_name == "wgan-gp":  # the penalty's double backward runs in fp32
+            d_loss = d_loss + self.gp_weight * self._penalty(x, fake.detach().float())
         backward(d_loss, opt_d)
         out = {"loss": d_loss.item(), "d_loss": d_loss.item()}
         self._count += 1
         if self._count % self.n_critic == 0:
-            g_loss = self._g_loss(self.discriminator(fake).float())
+            with autocast():
+                g_loss = self._g_loss(self.discriminator(fake).float())
             backward(g_loss, opt_g)
             out["g_loss"] = g_loss.item()
         return out

@@ -85,7 +85,7 @@ class VAE(nn.Module):
         return self.decode(z)
 
     def loss(self, x, recon):
-        mu, logvar = self._last
+        mu, logvar = (t.float() for t in self._last)
         bce = nn.functional.binary_cross_entropy(recon, x, reduction="sum")
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         return (bce + kl) / len(x)
