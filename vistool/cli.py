@@ -127,30 +127,45 @@ def _predictions(loaded, logits, k: int = 5) -> list[list[dict]]:
             for values, indices in zip(top.values.cpu(), top.indices.cpu())]
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    """``gradcam`` and ``attribute``: maps per image, overlays, raw arrays, manifest."""
+def _prepare_images(args: argparse.Namespace):
+    """Shared start of the image commands: inputs, model, layers (checked) and every image
+    preprocessed before anything is written, so a bad file fails the run up front.
+    Returns ``(paths, loaded, layers, batches)`` with ``batches`` yielding
+    ``(first_index, batch_on_device)``."""
     import torch
     from tqdm import tqdm
 
-    from .imageio import deprocess, expand_inputs, load_image
+    from .imageio import expand_inputs, load_image
     from .layers import resolve_layers
-    from .outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
-    from .render import apply_colormap, enlarge, overlay
 
-    kind = args.command
     paths = expand_inputs(args.images)
     loaded = _load(args)
     layers = args.layer or [loaded.default_layer]
     resolve_layers(loaded.model, layers)
-    target = None if args.target is None else loaded.class_index(args.target)
     tensors = [loaded.transform(load_image(p)) for p in paths]
+
+    def batches():
+        for first in tqdm(range(0, len(paths), args.batch_size), desc=args.command,
+                          file=sys.stderr, disable=len(paths) <= args.batch_size):
+            yield first, torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)
+
+    return paths, loaded, layers, batches()
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """``gradcam`` and ``attribute``: maps per image, overlays, raw arrays, manifest."""
+    from .imageio import deprocess
+    from .outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
+    from .render import apply_colormap, enlarge, overlay
+
+    kind = args.command
+    paths, loaded, layers, batches = _prepare_images(args)
+    target = None if args.target is None else loaded.class_index(args.target)
     out_dir = resolve_run_dir(args.out, kind)
     entries = []
     start = time.perf_counter()
     with run_directory(out_dir) as staging:
-        for first in tqdm(range(0, len(paths), args.batch_size), desc=kind, file=sys.stderr,
-                          disable=len(paths) <= args.batch_size):
-            batch = torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)
+        for first, batch in batches:
             if kind == "gradcam":
                 from .cam import explain
 
@@ -285,29 +300,16 @@ def _slug(name: str) -> str:
 
 
 def _cmd_activations(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
     from .activations import activations, channel_stats
-    from .imageio import expand_inputs, load_image
     from .outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
     from .render import channel_grid
 
-    paths = expand_inputs(args.images)
-    loaded = _load(args)
-    layers = args.layer or [loaded.default_layer]
-    from .layers import resolve_layers
-
-    resolve_layers(loaded.model, layers)
-    # Read every image before writing anything: a bad file fails the run up front.
-    tensors = [loaded.transform(load_image(p)) for p in paths]
+    paths, loaded, layers, batches = _prepare_images(args)
     start = time.perf_counter()
     outputs = []
     out_dir = resolve_run_dir(args.out, "activations")
     with run_directory(out_dir) as staging:
-        for first in tqdm(range(0, len(paths), args.batch_size), desc="activations",
-                          file=sys.stderr, disable=len(paths) <= args.batch_size):
-            batch = torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)
+        for first, batch in batches:
             result = activations(loaded, batch, layers)
             for j in range(len(batch)):
                 index = first + j

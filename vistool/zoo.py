@@ -147,8 +147,8 @@ def parse_input_size(value: int | str | Sequence[int]) -> tuple[int, int, int]:
 
 
 def _read_classes(classes: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
-    if classes is None or (isinstance(classes, (list, tuple))):
-        return list(classes) if classes is not None else None
+    if classes is None or isinstance(classes, (list, tuple)):
+        return None if classes is None else list(classes)
     path = Path(classes)
     if not path.is_file():
         raise ModelError(f"classes file {str(path)!r} does not exist; give one name per line")
