@@ -7,9 +7,10 @@
 * topk=5 vs topk=1 (one forward either way).
 * Score-CAM on resnet18, one 224² image: vistool exact (with the max difference to
   pytorch-grad-cam's map) and fast (Faster Score-CAM, ``--fast-channels``) vs
-  pytorch-grad-cam and torch-cam, best of interleaved runs; the fast mode's map
-  correlation to the exact map is measured on the trained shapes CNN (trained on first
-  use, cached).
+  pytorch-grad-cam and torch-cam in interleaved rounds (best times, and the median and
+  range of the per-round ratios, which drift in the machine's speed affects least); the
+  fast mode's map correlation to the exact map is measured on the trained shapes CNN
+  (trained on first use, cached).
 
 Peers come from ``pip install -e '.[bench]'``; a missing peer is reported and skipped.
 Times are medians of interleaved repeats after a warm-up.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import time
 from collections.abc import Callable
 
@@ -83,8 +85,8 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
     model = torchvision.models.resnet18(weights=None).eval().to(device)
     x = torch.randn(1, 3, 224, 224, device=device)
     target = int(model(x).argmax())
-    print(f"\nScore-CAM, resnet18 layer4, one 224² image, {device} (best of "
-          f"{rounds} interleaved runs)")
+    print(f"\nScore-CAM, resnet18 layer4, one 224² image, {device} ({rounds} interleaved "
+          f"rounds; a round's ratio compares runs made one after the other)")
     outputs: dict[str, object] = {}
 
     def keep(name, fn):
@@ -116,19 +118,22 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
                 return extractor(class_idx=target, scores=out)
 
         cases["torch-cam ScoreCAM"] = torchcam_run
-    results = {name: float("inf") for name in cases}
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
             start = time.perf_counter()
             fn()
-            results[name] = min(results[name], time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
     diff = None
     if "pgc" in outputs:
         diff = float(np.abs(outputs["exact"].maps.cpu().numpy() - outputs["pgc"]).max())
-    base = "pytorch-grad-cam ScoreCAM" if "pytorch-grad-cam ScoreCAM" in results else next(
-        iter(results))
-    for name, value in results.items():
-        print(f"  {name:<34} {value:8.2f} s   {results[base] / value:6.2f}x faster than {base}")
+    base = "pytorch-grad-cam ScoreCAM" if "pytorch-grad-cam ScoreCAM" in times else next(
+        iter(times))
+    print(f"  {'':<34} {'best':>8}     {'best/best':>9}   per-round ratios to {base}")
+    for name, values in times.items():
+        ratios = sorted(b / v for b, v in zip(times[base], values, strict=True))
+        print(f"  {name:<34} {min(values):8.2f} s   {min(times[base]) / min(values):8.2f}x   "
+              f"median {statistics.median(ratios):.2f}x, range {ratios[0]:.2f}-{ratios[-1]:.2f}x")
     if diff is not None:
         print(f"  max |vistool exact - pytorch-grad-cam| = {diff:.2e}")
 
@@ -158,8 +163,8 @@ def main() -> None:
     parser.add_argument("--fast-channels", type=int, default=64,
                         help="channels of Faster Score-CAM (default: %(default)s)")
     parser.add_argument("--skip-scorecam", action="store_true", help="skip the Score-CAM part")
-    parser.add_argument("--scorecam-rounds", type=int, default=2,
-                        help="interleaved Score-CAM runs per case, best kept (default: 2)")
+    parser.add_argument("--scorecam-rounds", type=int, default=5,
+                        help="interleaved Score-CAM rounds (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

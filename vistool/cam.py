@@ -14,8 +14,6 @@ Every method reduces to a layer-resolution map computed from the layer's activat
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from tqdm import tqdm
 
 from .errors import TargetError, VistoolError
 from .hooks import preserved_state, record, replaced_output
+from .inference import inference_copy
 from .layers import default_layer as find_default_layer
 from .render import normalize
 from .zoo import LoadedModel
@@ -205,25 +204,6 @@ def _eigencam(act: torch.Tensor) -> torch.Tensor:
     return (proj[..., 0] * sign[:, None]).reshape(n, 1, h, w).clamp_min(0).to(act.dtype)
 
 
-def _inference_copy(net: nn.Module, fuse: bool) -> nn.Module:
-    """A private copy of ``net`` for many forward passes: channels-last (faster convolutions
-    with oneDNN on CPU and tensor cores on GPU) and, with ``fuse``, batch norm folded into
-    the preceding convolutions (``torch.fx``; skipped for models it cannot trace). The
-    caller's model is never modified."""
-    fast = None
-    if fuse:
-        from torch.fx.experimental.optimization import fuse as fx_fuse
-
-        with contextlib.suppress(Exception):
-            fast = fx_fuse(net)
-    if fast is None:
-        try:
-            fast = copy.deepcopy(net)
-        except Exception:
-            return net
-    return fast.to(memory_format=torch.channels_last)
-
-
 def _select_channels(act: torch.Tensor, channels: int | None) -> torch.Tensor:
     """Indices of the channels to use for one image's activation (K, h, w)."""
     if channels is None or channels >= act.shape[0]:
@@ -237,7 +217,7 @@ def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: 
     input masked by each upsampled, min-max scaled channel. Masked forwards are batched;
     constant channels share one forward (their mask is zero)."""
     n, k_targets = targets.shape
-    net = _inference_copy(net, fuse=True)
+    net = inference_copy(net, fuse=True, sample=images[:1])
     out = act.new_zeros((n, k_targets, *act.shape[2:]))
     size = images.shape[2:]
     bar = tqdm(total=n * act.shape[1] if channels is None else n * min(channels, act.shape[1]),
@@ -246,20 +226,21 @@ def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: 
         chosen = _select_channels(act[i], channels)
         a = act[i, chosen]  # (K', h, w)
         up = F.interpolate(a[None], size=size, mode="bilinear", align_corners=True)[0]
-        lo = up.flatten(1).amin(1)
-        hi = up.flatten(1).amax(1)
+        lo, hi = up.flatten(1).aminmax(dim=1)
         varying = (hi > lo).nonzero()[:, 0]
-        masks = (up[varying] - lo[varying, None, None]) / (
-            hi[varying] - lo[varying] + 1e-8)[:, None, None]
         scores = act.new_empty((len(chosen), k_targets))
         x = images[i]
         with torch.inference_mode():
             for start in range(0, len(varying), batch_size):
-                m = masks[start:start + batch_size]
-                masked = (x[None] * m[:, None]).contiguous(memory_format=torch.channels_last)
+                index = varying[start:start + batch_size]
+                masks = up[index].sub_(lo[index, None, None]).div_(
+                    (hi[index] - lo[index] + 1e-8)[:, None, None])
+                masked = torch.empty((len(index), *x.shape), dtype=x.dtype, device=x.device,
+                                     memory_format=torch.channels_last)
+                torch.mul(x[None], masks[:, None], out=masked)
                 logits = net(masked)
-                scores[varying[start:start + batch_size]] = logits[:, targets[i]].to(act.dtype)
-                bar.update(len(m))
+                scores[index] = logits[:, targets[i]].to(act.dtype)
+                bar.update(len(index))
             if len(varying) < len(chosen):
                 constant = torch.ones(len(chosen), dtype=torch.bool, device=act.device)
                 constant[varying] = False
@@ -282,7 +263,7 @@ def _ablationcam(net: nn.Module, images: torch.Tensor, layer: str, act: torch.Te
     if head is not None:
         drops = head.weight[targets] * act.mean((2, 3))[:, None, :]  # (N, k, K)
     else:
-        net = _inference_copy(net, fuse=False)
+        net = inference_copy(net, fuse=False)
         drops = act.new_empty((n, targets.shape[1], k_channels))
         bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not progress, leave=False)
         for i in range(n):

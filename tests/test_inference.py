@@ -1,0 +1,101 @@
+"""The private inference copy used by Score-CAM: equal outputs, the caller's model untouched,
+and the oneDNN rewrite applied where it may be and dropped where it does not match."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vistool import inference
+from vistool.inference import inference_copy
+
+needs_onednn = pytest.mark.skipif(
+    not inference._onednn_usable(torch.zeros(1)), reason="oneDNN is not available")
+
+
+def rewritten(net: nn.Module) -> list[inference._OneDnnConv]:
+    return [m for m in net.modules() if isinstance(m, inference._OneDnnConv)]
+
+
+class Branchy(nn.Module):
+    """Patterns the rewrite must leave alone or handle: a conv output read twice, a
+    broadcast addition, a functional ReLU, and a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.c = nn.Conv2d(4, 4, 1)
+        self.d = nn.Conv2d(4, 4, 3, padding="same")
+        self.offset = nn.Parameter(torch.randn(1, 4, 1, 1))
+
+    def forward(self, x):
+        a = self.a(x)
+        twice = a * a + a  # read twice: not fused with anything
+        b = torch.relu(self.b(twice) + twice)  # residual + functional ReLU: one call
+        c = self.c(b) + self.offset  # broadcast: the conv alone is rewritten
+        return self.d(c).relu().mean((2, 3))  # string padding: left as it is
+
+
+@needs_onednn
+def test_resnet18_copy_is_fully_rewritten_and_equal():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 3, 64, 64)
+    fast = inference_copy(model, fuse=True, sample=x[:1])
+    # 20 convolutions: 8 with a residual sum (+ReLU), 9 with a ReLU, 3 downsamples alone.
+    fused = rewritten(fast)
+    assert len(fused) == 20
+    assert sum(m.add for m in fused) == 8 and sum(m.relu for m in fused) == 17
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)),
+                                   model(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert type(model.bn1) is nn.BatchNorm2d and type(model.layer1[0].conv2) is nn.Conv2d
+
+
+@needs_onednn
+def test_only_safe_patterns_are_fused():
+    torch.manual_seed(0)
+    net = Branchy().eval()
+    x = torch.randn(2, 3, 9, 9)
+    fast = inference_copy(net, fuse=True, sample=x[:1])
+    assert sorted((m.relu, m.add) for m in rewritten(fast)) == [
+        (False, False), (False, False), (True, True)]
+    assert isinstance(fast.d, nn.Conv2d)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+@needs_onednn
+def test_a_rewrite_that_does_not_match_is_dropped(monkeypatch):
+    original = inference._OneDnnConv.forward
+    monkeypatch.setattr(inference._OneDnnConv, "forward",
+                        lambda self, *args: original(self, *args) + 1e-3)
+    net = Branchy().eval()
+    x = torch.randn(2, 3, 9, 9)
+    fast = inference_copy(net, fuse=True, sample=x[:1])
+    assert not rewritten(fast)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_untraceable_model_gets_a_plain_copy():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y if y.sum() > 0 else -y  # data-dependent: fx cannot trace it
+
+    net = Untraceable().eval()
+    x = torch.randn(2, 3, 8, 8)
+    fast = inference_copy(net, fuse=True, sample=x[:1])
+    assert type(fast) is Untraceable and fast is not net and fast.conv is not net.conv
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x))
