@@ -37,8 +37,8 @@ def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = Non
         net: the model (not modified).
         fuse: fold batch norm into convolutions and, with ``sample``, fuse convolutions
             with their ReLU and residual addition. Only for models run in eval mode.
-        sample: an input shaped like the batches that will be run (its batch size picks
-            the packed weight layout); enables the oneDNN rewrite on float32 CPU models.
+        sample: an input batch (one image is enough) to pack the weights for and to check
+            the rewrite on; enables the oneDNN rewrite on float32 CPU models.
     """
     fast = None
     if fuse:
@@ -52,7 +52,7 @@ def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = Non
         except Exception:
             return net
     fast = fast.to(memory_format=torch.channels_last)
-    if isinstance(fast, fx.GraphModule) and sample is not None and _onednn_usable(sample):
+    if fuse and sample is not None and isinstance(fast, fx.GraphModule) and _onednn_usable(sample):
         with contextlib.suppress(Exception):
             fused = _onednn_fused(fast, sample.contiguous(memory_format=torch.channels_last))
             if fused is not None:
