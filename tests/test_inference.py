@@ -99,3 +99,17 @@ def test_untraceable_model_gets_a_plain_copy():
     assert type(fast) is Untraceable and fast is not net and fast.conv is not net.conv
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x))
+
+
+@needs_onednn
+def test_scorecam_is_the_same_with_and_without_the_rewrite(monkeypatch):
+    from vistool.cam import explain
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = explain(model, x, "scorecam", layer="layer3", targets=[1, 4], batch_size=8)
+    monkeypatch.setattr(inference, "_onednn_usable", lambda _sample: False)
+    plain = explain(model, x, "scorecam", layer="layer3", targets=[1, 4], batch_size=8)
+    torch.testing.assert_close(fast.raw["layer3"], plain.raw["layer3"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast.maps, plain.maps, rtol=0, atol=1e-5)

@@ -54,9 +54,9 @@ def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = Non
     fast = fast.to(memory_format=torch.channels_last)
     if fuse and sample is not None and isinstance(fast, fx.GraphModule) and _onednn_usable(sample):
         with contextlib.suppress(Exception):
-            fused = _onednn_fused(fast, sample.contiguous(memory_format=torch.channels_last))
-            if fused is not None:
-                return fused
+            if _onednn_rewrite(fast, sample.contiguous(memory_format=torch.channels_last)):
+                return fast
+        return inference_copy(net, fuse)  # the rewrite failed: start again without it
     return fast
 
 
@@ -105,12 +105,11 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
-def _onednn_fused(source: fx.GraphModule, sample: torch.Tensor) -> fx.GraphModule | None:
-    """A rewritten copy of ``source``; None when nothing was rewritten or the result does
-    not match ``source`` on ``sample``."""
+def _onednn_rewrite(gm: fx.GraphModule, sample: torch.Tensor) -> bool:
+    """Rewrite ``gm`` in place; False when the result does not match ``gm`` as it was on
+    ``sample`` (the caller then discards ``gm``)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
-    gm = copy.deepcopy(source)
     with torch.no_grad():
         expected = gm(sample)
         ShapeProp(gm).propagate(sample)
@@ -149,10 +148,10 @@ def _onednn_fused(source: fx.GraphModule, sample: torch.Tensor) -> fx.GraphModul
             graph.erase_node(old)
         rewritten += 1
     if not rewritten:
-        return None
+        return True
     graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
     with torch.no_grad():
         got = gm(sample)
-    return gm if torch.allclose(got, expected, rtol=1e-4, atol=1e-5) else None
+    return torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
