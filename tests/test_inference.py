@@ -113,3 +113,15 @@ def test_scorecam_is_the_same_with_and_without_the_rewrite(monkeypatch):
     plain = explain(model, x, "scorecam", layer="layer3", targets=[1, 4], batch_size=8)
     torch.testing.assert_close(fast.raw["layer3"], plain.raw["layer3"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast.maps, plain.maps, rtol=0, atol=1e-5)
+
+
+def test_many_forwards_batch_keeps_activations_under_32_mib():
+    from vistool.inference import many_forwards_batch
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
+    big = torch.zeros(1, 3, 512, 512)  # 8 MiB of activations per image
+    assert many_forwards_batch(net, big, 16) == 4
+    assert many_forwards_batch(net, big, 3) == 3
+    assert many_forwards_batch(net, torch.zeros(1, 3, 2048, 2048), 16) == 1
+    assert many_forwards_batch(net, big.to("meta"), 16) == 16  # not CPU: as asked
+    assert all(not m._forward_hooks for m in net.modules())

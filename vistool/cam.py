@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .errors import TargetError, VistoolError
 from .hooks import preserved_state, record, replaced_output
-from .inference import inference_copy
+from .inference import inference_copy, many_forwards_batch
 from .layers import default_layer as find_default_layer
 from .render import normalize
 from .zoo import LoadedModel
@@ -218,6 +218,7 @@ def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: 
     constant channels share one forward (their mask is zero)."""
     n, k_targets = targets.shape
     net = inference_copy(net, fuse=True, sample=images[:1])
+    batch_size = many_forwards_batch(net, images, batch_size)
     out = act.new_zeros((n, k_targets, *act.shape[2:]))
     size = images.shape[2:]
     bar = tqdm(total=n * act.shape[1] if channels is None else n * min(channels, act.shape[1]),
@@ -264,6 +265,7 @@ def _ablationcam(net: nn.Module, images: torch.Tensor, layer: str, act: torch.Te
         drops = head.weight[targets] * act.mean((2, 3))[:, None, :]  # (N, k, K)
     else:
         net = inference_copy(net, fuse=False)
+        batch_size = many_forwards_batch(net, images, batch_size)
         drops = act.new_empty((n, targets.shape[1], k_channels))
         bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not progress, leave=False)
         for i in range(n):
@@ -318,7 +320,9 @@ def explain(
         topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
         closed_form: use the closed form of a GAP + linear head: None detects it, False
             always back-propagates, True requires it. ``cam`` always requires it.
-        batch_size: masked forwards per batch for ``scorecam``/``ablationcam``.
+        batch_size: at most this many masked forwards per batch for ``scorecam`` and
+            ``ablationcam``; on CPU fewer when an activation of the batch would exceed
+            32 MiB (see :func:`vistool.inference.many_forwards_batch`).
         channels: ``scorecam`` only: use the k highest-variance channels (Faster Score-CAM)
             instead of all.
         progress: show a progress bar for the many-forward methods.
