@@ -140,14 +140,15 @@ def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
     else:
         task = GanTask(model, config.lr, loss=recipe.loss, n_critic=recipe.n_critic)
     rebuild = {**kwargs, **({"pretrained": False} if "pretrained" in kwargs else {})}
+    model_input = list(size)
+    if recipe.task == "gan":  # the model's input is its latent, which is not normalised
+        model_input = list(defaults["input_size"])
+        mean, std = [0.0] * model_input[0], [1.0] * model_input[0]
     metadata = {"arch": recipe.arch, "arch_kwargs": rebuild, "recipe": name,
-                "dataset": dataset, "classes": data.classes if recipe.task == "classify"
-                else None, "input_size": list(defaults["input_size"])
-                if recipe.task == "gan" else list(size), "mean": list(mean), "std": list(std),
+                "dataset": dataset,
+                "classes": data.classes if recipe.task == "classify" else None,
+                "input_size": model_input, "mean": list(mean), "std": list(std),
                 "task": recipe.task}
-    if recipe.task == "gan":
-        metadata.update(mean=[0.0] * defaults["input_size"][0],
-                        std=[1.0] * defaults["input_size"][0])
     return train(task, data, config, out_dir, metadata, resume=resume, log=log)
 
 

@@ -143,7 +143,6 @@ class GanTask(Task):
         self.loss_name = loss
         self.n_critic = n_critic
         self.gp_weight = gp_weight
-        self._count = 0
         self.fixed_z = torch.randn(64, model.z_dim, 1, 1,
                                    generator=torch.Generator().manual_seed(1234))
 
@@ -188,8 +187,10 @@ class GanTask(Task):
             d_loss = d_loss + self.gp_weight * self._penalty(x, fake.detach().float())
         backward(d_loss, opt_d)
         out = {"loss": d_loss.item(), "d_loss": d_loss.item()}
-        self._count += 1
-        if self._count % self.n_critic == 0:
+        # The critic's step count lives in its optimiser's state, so a resumed run keeps
+        # the same critic/generator rhythm.
+        critic_steps = int(opt_d.state[opt_d.param_groups[0]["params"][0]]["step"])
+        if critic_steps % self.n_critic == 0:
             with autocast():
                 g_loss = self._g_loss(self.discriminator(fake).float())
             backward(g_loss, opt_g)

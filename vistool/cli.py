@@ -268,6 +268,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {recipe.arch:<16} {recipe.dataset:<12} {recipe.expected}")
         return 0
     out = Path(args.out) if args.out else Path("runs") / args.recipe
+    if out.exists() and not out.is_dir():
+        raise VistoolError(f"--out {str(out)!r} is a file; give a directory for the run")
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise VistoolError(f"run directory {str(out)!r} is not empty; pass --resume to "
                            "continue it or --out for a new one")
