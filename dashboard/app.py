@@ -11,8 +11,8 @@ import streamlit as st
 import torch
 
 import vistool
-from trainers.data import SHAPE_CLASSES, render_scene
-from vistool.activations import channel_stats
+from vistool.data.shapes import SHAPE_CLASSES, render_scene
+from vistool.explainers.activations import channel_stats
 from vistool.render import channel_grid, enlarge, overlay, to_uint8_hwc
 
 
@@ -36,7 +36,7 @@ def main() -> None:
                                 help="default, none, or a state-dict file")
         device = st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="device")
         upload = st.file_uploader("Image", type=sorted(e.strip(".") for e in
-                                                       vistool.imageio.IMAGE_EXTENSIONS))
+                                                       vistool.core.imageio.IMAGE_EXTENSIONS))
         seed = st.number_input("Sample seed (without an upload)", value=0, step=1, key="seed")
     try:
         loaded = get_model(spec, weights, device)

@@ -30,7 +30,7 @@ import torchvision
 from benchutil import report, timeit
 
 from vistool import preserved_state, record
-from vistool.cam import explain
+from vistool.explainers.cam import explain
 
 
 def have(module: str) -> bool:
@@ -137,9 +137,9 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
     if diff is not None:
         print(f"  max |vistool exact - pytorch-grad-cam| = {diff:.2e}")
 
-    from trainers.data import render_scene
     from trainers.recipes import pretrained_shapes_cnn
     from vistool import load_image, load_model
+    from vistool.data.shapes import render_scene
 
     loaded = load_model(str(pretrained_shapes_cnn(progress=False, log=lambda _line: None)),
                         device=device)

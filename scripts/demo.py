@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainers.data import ShapesDataset, render_scene
 from trainers.recipes import pretrained_shapes_cnn
 from vistool.cli import main as vistool
+from vistool.data.shapes import ShapesDataset, render_scene
 from vistool.outputs import default_run_name, write_gallery
 
 

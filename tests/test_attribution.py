@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from vistool import TargetError, VistoolError
-from vistool.attribution import ATTRIBUTION_METHODS, attribute
+from vistool.explainers.attribution import ATTRIBUTION_METHODS, attribute
 
 
 def linear_model() -> nn.Module:

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from vistool import TargetError, VistoolError
-from vistool.cam import CAM_METHODS, ConstantMapWarning, explain, linear_head
+from vistool.explainers.cam import CAM_METHODS, ConstantMapWarning, explain, linear_head
 from vistool.render import normalize
 
 X = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, -2.0]])
@@ -138,7 +138,7 @@ def test_gradcam_equals_captum_layergradcam(name, layer):
 def test_guided_gradcam_equals_captum():
     from captum.attr import GuidedGradCam
 
-    from vistool.attribution import attribute
+    from vistool.explainers.attribution import attribute
 
     torch.manual_seed(0)
     model = torchvision.models.vgg16(weights=None).eval()

@@ -13,8 +13,8 @@ from PIL import Image
 
 from trainers.models import get_model
 from vistool import activations, load_model
-from vistool.checkpoint import save_checkpoint
 from vistool.cli import main
+from vistool.core.checkpoint import save_checkpoint
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainers.models import get_model
-from vistool.checkpoint import save_checkpoint
+from vistool.core.checkpoint import save_checkpoint
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 

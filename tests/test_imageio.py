@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vistool import ImageError, deprocess, expand_inputs, load_image
-from vistool.imageio import make_transform, preprocess
+from vistool.core.imageio import make_transform, preprocess
 
 
 def test_rgb_path_bytes_pil_and_array_agree(rgb_file):

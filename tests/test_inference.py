@@ -8,8 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from vistool import inference
-from vistool.inference import inference_copy
+from vistool.explainers import inference
+from vistool.explainers.inference import inference_copy
 
 needs_onednn = pytest.mark.skipif(
     not inference._onednn_usable(torch.zeros(1)), reason="oneDNN is not available")
@@ -103,7 +103,7 @@ def test_untraceable_model_gets_a_plain_copy():
 
 @needs_onednn
 def test_scorecam_is_the_same_with_and_without_the_rewrite(monkeypatch):
-    from vistool.cam import explain
+    from vistool.explainers.cam import explain
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=5).eval()
@@ -116,7 +116,7 @@ def test_scorecam_is_the_same_with_and_without_the_rewrite(monkeypatch):
 
 
 def test_many_forwards_batch_keeps_activations_under_32_mib():
-    from vistool.inference import many_forwards_batch
+    from vistool.explainers.inference import many_forwards_batch
 
     net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU())
     big = torch.zeros(1, 3, 512, 512)  # 8 MiB of activations per image

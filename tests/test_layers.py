@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from vistool import LayerError, default_layer, layer_table
-from vistool.layers import resolve_layers
+from vistool.core.layers import resolve_layers
 
 # (model, number of named modules, {layer: output shape}, default layer)
 PINNED = {

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import vistool
-from trainers.data import render_scene
 from trainers.recipes import run_recipe
-from vistool.cam import explain
 from vistool.cli import main
+from vistool.data.shapes import render_scene
+from vistool.explainers.cam import explain
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import vistool
 from trainers.data import load_data
 from trainers.models import get_model, list_models
 from trainers.recipes import RECIPES, run_recipe
-from vistool.checkpoint import load_checkpoint
 from vistool.cli import main
-from vistool.errors import DataError, VistoolError
+from vistool.core.checkpoint import load_checkpoint
+from vistool.core.errors import DataError, VistoolError
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

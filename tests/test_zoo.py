@@ -12,8 +12,8 @@ import torchvision
 
 from trainers.models import get_model
 from vistool import CheckpointError, ModelError, TargetError, WeightsError, load_model
-from vistool.checkpoint import load_checkpoint, save_checkpoint
-from vistool.zoo import parse_input_size
+from vistool.core.checkpoint import load_checkpoint, save_checkpoint
+from vistool.core.zoo import parse_input_size
 
 
 @pytest.fixture

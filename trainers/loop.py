@@ -31,10 +31,11 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from vistool.checkpoint import save_checkpoint
-from vistool.errors import VistoolError
-from vistool.outputs import atomic_path, save_png
-from vistool.zoo import resolve_device
+from vistool.core.checkpoint import save_checkpoint
+from vistool.core.devices import resolve_device
+from vistool.core.errors import VistoolError
+from vistool.core.files import atomic_path
+from vistool.outputs import save_png
 
 from .data import DataSpec
 from .tasks import Task
@@ -184,7 +185,7 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
     best: dict[str, Any] | None = None
     start_epoch = 1
     if resume and state_path.is_file():
-        from vistool.checkpoint import apply_state_dict
+        from vistool.core.checkpoint import apply_state_dict
 
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         apply_state_dict(model, state["model"], str(state_path))

@@ -6,21 +6,21 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vistool.errors import VistoolError, suggestion
+from vistool.core.cache import cache_dir
+from vistool.core.errors import VistoolError, suggestion
 
 from .data import load_data
 from .loop import TrainConfig, train
 from .models import get_model, model_defaults
 from .tasks import ClassifierTask, GanTask, ReconstructionTask
 
-__all__ = ["RECIPES", "Recipe", "cache_dir", "pretrained_shapes_cnn", "run_recipe"]
+__all__ = ["RECIPES", "Recipe", "pretrained_shapes_cnn", "run_recipe"]
 
 GREY = ("mnist", "fashion-mnist", "digits")
 COLOUR = ("cifar10", "shapes", "imagefolder")
@@ -150,14 +150,6 @@ def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
                 "input_size": model_input, "mean": list(mean), "std": list(std),
                 "task": recipe.task}
     return train(task, data, config, out_dir, metadata, resume=resume, log=log)
-
-
-def cache_dir() -> Path:
-    """The user cache directory of vistool (``$VISTOOL_CACHE``, ``$XDG_CACHE_HOME/vistool``
-    or ``~/.cache/vistool``)."""
-    root = os.environ.get("VISTOOL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vistool")
-    return Path(root)
 
 
 def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:

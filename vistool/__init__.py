@@ -1,24 +1,53 @@
-"""vistool: make trained convolutional networks explain themselves."""
+"""vistool: make trained convolutional networks explain themselves.
+
+The public API is listed in ``__all__``. Names are imported on first use (PEP 562), so
+``import vistool`` and ``vistool --help`` do not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .activations import ActivationResult, activations, channel_stats
-from .attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
-from .cam import CAM_METHODS, CamResult, ConstantMapWarning, explain
-from .checkpoint import apply_state_dict, load_checkpoint, save_checkpoint
-from .errors import (
-    CheckpointError,
-    ImageError,
-    LayerError,
-    ModelError,
-    TargetError,
-    VistoolError,
-    WeightsError,
-)
-from .hooks import Recording, preserved_state, record
-from .imageio import deprocess, expand_inputs, load_image, preprocess
-from .layers import LayerInfo, default_layer, layer_table
-from .zoo import LoadedModel, list_models, load_model, resolve_device
+_EXPORTS: dict[str, str] = {
+    "ActivationResult": "explainers.activations",
+    "activations": "explainers.activations",
+    "channel_stats": "explainers.activations",
+    "ATTRIBUTION_METHODS": "explainers.attribution",
+    "AttributionResult": "explainers.attribution",
+    "attribute": "explainers.attribution",
+    "CAM_METHODS": "explainers.cam",
+    "CamResult": "explainers.cam",
+    "ConstantMapWarning": "explainers.cam",
+    "explain": "explainers.cam",
+    "apply_state_dict": "core.checkpoint",
+    "load_checkpoint": "core.checkpoint",
+    "save_checkpoint": "core.checkpoint",
+    "CheckpointError": "core.errors",
+    "ImageError": "core.errors",
+    "LayerError": "core.errors",
+    "ModelError": "core.errors",
+    "TargetError": "core.errors",
+    "VistoolError": "core.errors",
+    "WeightsError": "core.errors",
+    "Recording": "core.hooks",
+    "record": "core.hooks",
+    "preserved_state": "core.state",
+    "deprocess": "core.imageio",
+    "expand_inputs": "core.imageio",
+    "load_image": "core.imageio",
+    "preprocess": "core.imageio",
+    "LayerInfo": "core.layers",
+    "default_layer": "core.layers",
+    "layer_table": "core.layers",
+    "register_model": "core.registry",
+    "resolve_device": "core.devices",
+    "LoadedModel": "core.zoo",
+    "list_models": "core.zoo",
+    "load_model": "core.zoo",
+}
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -54,6 +83,43 @@ __all__ = [
     "preprocess",
     "preserved_state",
     "record",
+    "register_model",
     "resolve_device",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vistool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # static tools see the real names
+    from .core.checkpoint import apply_state_dict, load_checkpoint, save_checkpoint
+    from .core.devices import resolve_device
+    from .core.errors import (
+        CheckpointError,
+        ImageError,
+        LayerError,
+        ModelError,
+        TargetError,
+        VistoolError,
+        WeightsError,
+    )
+    from .core.hooks import Recording, record
+    from .core.imageio import deprocess, expand_inputs, load_image, preprocess
+    from .core.layers import LayerInfo, default_layer, layer_table
+    from .core.registry import register_model
+    from .core.state import preserved_state
+    from .core.zoo import LoadedModel, list_models, load_model
+    from .explainers.activations import ActivationResult, activations, channel_stats
+    from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
+    from .explainers.cam import CAM_METHODS, CamResult, ConstantMapWarning, explain

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from .core.files import atomic_path
+
 __all__ = [
-    "atomic_path",
     "manifest",
     "resolve_run_dir",
     "run_directory",
@@ -33,22 +34,6 @@ __all__ = [
     "versions",
     "write_gallery",
 ]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -125,7 +110,7 @@ def run_directory(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        from .errors import VistoolError
+        from .core.errors import VistoolError
 
         raise VistoolError(
             f"output directory {str(final)!r} already exists and is not empty; "

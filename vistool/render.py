@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import VistoolError
+from .core.errors import VistoolError
 
 __all__ = [
     "apply_colormap",
@@ -33,7 +33,7 @@ def _lut(name: str) -> np.ndarray:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        from .errors import suggestion
+        from .core.errors import suggestion
 
         raise VistoolError(
             f"unknown colormap {name!r}" + suggestion(name, list(matplotlib.colormaps), "colormaps")

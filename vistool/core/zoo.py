@@ -14,6 +14,7 @@ import io
 import os
 import sys
 import urllib.error
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,10 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cache import cache_dir, trained_checkpoints
 from .checkpoint import apply_state_dict, load_checkpoint
-from .errors import CheckpointError, ModelError, TargetError, WeightsError, suggestion
+from .devices import model_device, resolve_device
+from .errors import (
+    CheckpointError,
+    ModelError,
+    RandomWeightsWarning,
+    TargetError,
+    WeightsError,
+    suggestion,
+)
 from .imageio import ImageSource, make_transform, preprocess
-from .layers import LayerInfo, default_layer, layer_table, model_device
+from .layers import LayerInfo, default_layer, layer_table
+from .registry import get_model as get_book_model
+from .registry import list_models as book_models
+from .registry import model_defaults as book_defaults
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -35,7 +48,6 @@ __all__ = [
     "list_models",
     "load_model",
     "parse_input_size",
-    "resolve_device",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +67,10 @@ class LoadedModel:
         mean, std: the normalisation inside ``transform`` (per channel).
         spec: what the model was loaded from.
         metadata: checkpoint metadata (training config, metrics ...), if any.
+        weights: where the weights came from, in words (``"torchvision
+            ResNet18_Weights.IMAGENET1K_V1"``, ``"trained checkpoint PATH"``,
+            ``"random initialisation (--weights none)"`` ...).
+        random_weights: True when the weights are random, None when unknown (a factory).
     """
 
     model: nn.Module
@@ -65,6 +81,15 @@ class LoadedModel:
     std: tuple[float, ...]
     spec: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""
+    random_weights: bool | None = False
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the model: spec, weights, input and classes."""
+        return {"spec": self.spec, "weights": self.weights,
+                "random_weights": self.random_weights, "input_size": list(self.input_size),
+                "mean": list(self.mean), "std": list(self.std),
+                "classes": len(self.classes) if self.classes else None}
 
     @property
     def device(self) -> torch.device:
@@ -107,25 +132,6 @@ class LoadedModel:
         return index
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None) picks CUDA, then MPS, then CPU; anything else is checked and used."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' requested but CUDA is not available; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError("device 'mps' requested but MPS is not available; use --device cpu")
-    return dev
-
-
 def parse_input_size(value: int | str | Sequence[int]) -> tuple[int, int, int]:
     """``32`` -> (3, 32, 32); ``"1,28,28"`` -> (1, 28, 28); ``"64,48"`` -> (3, 64, 48)."""
     if isinstance(value, int):
@@ -164,15 +170,9 @@ def _torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _book_registry():
-    from trainers import models as book
-
-    return book
-
-
 def list_models() -> dict[str, list[str]]:
     """Model names ``load_model`` accepts: torchvision classifiers and the trainers' book models."""
-    return {"torchvision": _torchvision_names(), "book": _book_registry().list_models()}
+    return {"torchvision": _torchvision_names(), "book": book_models()}
 
 
 def _hub_file(weights) -> Path:
@@ -226,9 +226,8 @@ def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module
 
 def _build_arch(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     """Rebuild a checkpoint's architecture: a registered book model or a torchvision name."""
-    book = _book_registry()
-    if arch in book.list_models():
-        return book.get_model(arch, **kwargs)
+    if arch in book_models():
+        return get_book_model(arch, **kwargs)
     if arch in _torchvision_names():
         return _build_torchvision(arch, pretrained=False, **kwargs)[0]
     raise CheckpointError(
@@ -270,6 +269,109 @@ def _call_factory(spec: str) -> nn.Module:
     return model
 
 
+@dataclass
+class _Built:
+    """What a resolver returns: the model, what its spec says about inputs, and its weights."""
+
+    model: nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+    weights: str = ""
+    random_weights: bool | None = False
+    resize: int | None = None
+
+
+def _from_checkpoint(path: str, weights: str) -> _Built:
+    state, meta = load_checkpoint(path)
+    if "arch" not in meta:
+        raise CheckpointError(
+            f"checkpoint {path!r} does not say which architecture it holds; load it with "
+            "--model NAME_OR_FILE.py:factory --weights FILE"
+        )
+    model = _build_arch(meta["arch"], dict(meta.get("arch_kwargs", {})))
+    if weights == "none":
+        return _Built(model, meta, "random initialisation (--weights none)", True)
+    apply_state_dict(model, state, f"checkpoint {path!r}")
+    return _Built(model, meta, f"checkpoint {path}")
+
+
+def _from_factory(spec: str, weights: str) -> _Built:
+    model = _call_factory(spec)
+    if weights != "default":
+        return _Built(model, weights="random initialisation (--weights none)"
+                      if weights == "none" else "", random_weights=weights == "none")
+    warnings.warn(f"{spec} was given no --checkpoint, so its weights are whatever the factory "
+                  "sets (random unless it loads weights itself); pass --checkpoint FILE",
+                  RandomWeightsWarning, stacklevel=4)
+    return _Built(model, weights=f"as {spec} built it (no --checkpoint)", random_weights=None)
+
+
+def _from_torchvision(name: str, weights: str) -> _Built:
+    model, enum = _build_torchvision(name, pretrained=weights == "default")
+    preset = enum.transforms()
+    crop = int(preset.crop_size[0])
+    meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
+            "classes": enum.meta.get("categories")}
+    pretrained = weights == "default"
+    described = f"torchvision {enum}" if pretrained else "random initialisation (--weights none)"
+    return _Built(model, meta, described if weights in ("default", "none") else "",
+                  weights == "none", int(preset.resize_size[0]))
+
+
+def _from_book(name: str, weights: str) -> _Built:
+    if weights == "default":
+        trained = trained_checkpoints(name)
+        if trained:
+            built = _from_checkpoint(str(trained[0]), "default")
+            built.weights = f"trained checkpoint {trained[0]}"
+            return built
+        warnings.warn(
+            f"{name} has no trained checkpoint in {cache_dir()} or runs/, so its weights are "
+            f"RANDOM; train one with 'vistool train' (e.g. 'make demo' trains shapes_cnn) or "
+            "pass --weights FILE", RandomWeightsWarning, stacklevel=4)
+    built = _Built(get_book_model(name), dict(book_defaults(name)),
+                   "random initialisation" + (" (--weights none)" if weights == "none" else
+                                              " (no trained checkpoint found)"), True)
+    return built
+
+
+def _resolve(spec: str | nn.Module, spec_str: str, weights: str) -> _Built:
+    """Build the model ``spec`` names, with its weights unless ``weights`` is a file."""
+    if isinstance(spec, nn.Module):
+        return _Built(spec, weights="the module as given")
+    if Path(spec_str).suffix in CHECKPOINT_SUFFIXES and ":" not in spec_str:
+        return _from_checkpoint(spec_str, weights)
+    if ":" in spec_str:
+        return _from_factory(spec_str, weights)
+    if spec_str in _torchvision_names():
+        return _from_torchvision(spec_str, weights)
+    if spec_str in book_models():
+        return _from_book(spec_str, weights)
+    known = _torchvision_names() + book_models()
+    raise ModelError(
+        f"unknown model {spec_str!r}: not a file, a module:factory or a known name"
+        + suggestion(spec_str, known, "models with 'vistool models'")
+    )
+
+
+def _apply_weight_file(built: _Built, path: Path) -> None:
+    state, file_meta = load_checkpoint(path)
+    apply_state_dict(built.model, state, f"weights {str(path)!r}")
+    built.meta = {**built.meta, **{k: v for k, v in file_meta.items()
+                                   if k in ("input_size", "mean", "std", "classes")}}
+    built.weights, built.random_weights = f"weights file {path}", False
+
+
+def _normalisation(meta: dict[str, Any], channels: int, mean, std) -> tuple[tuple, tuple]:
+    mean_t = tuple(float(m) for m in (mean or meta.get("mean") or IMAGENET_MEAN))
+    std_t = tuple(float(s) for s in (std or meta.get("std") or IMAGENET_STD))
+    if len(mean_t) != channels or len(std_t) != channels:
+        if channels == 1 and mean is None and std is None and "mean" not in meta:
+            return (0.5,), (0.5,)
+        raise ModelError(f"mean/std have {len(mean_t)}/{len(std_t)} values but the input has "
+                         f"{channels} channels; give one value per channel")
+    return mean_t, std_t
+
+
 def load_model(
     spec: str | os.PathLike | nn.Module,
     weights: str | os.PathLike = "default",
@@ -282,14 +384,18 @@ def load_model(
     """Build or load a model and everything needed to explain it.
 
     Args:
-        spec: a torchvision classification model name (``"vgg16"``), a vistool book model
-            name (``"lenet"``), a checkpoint written by ``trainers`` (``.safetensors``; it
-            rebuilds its own architecture), ``"path/to/file.py:factory"`` or
-            ``"package.module:factory"`` (a callable returning an ``nn.Module``), or an
-            ``nn.Module`` instance.
-        weights: ``"default"`` (torchvision's default pretrained weights through the torch
-            hub cache; a checkpoint's own weights; a factory's own initialisation),
-            ``"none"`` (random initialisation), or a path to a state dict / checkpoint.
+        spec: a torchvision classification model name (``"vgg16"``), a registered book
+            model name (``"lenet"``, ``"shapes_cnn"``), a checkpoint written by ``trainers``
+            (``.safetensors``; it rebuilds its own architecture),
+            ``"path/to/file.py:factory"`` or ``"package.module:factory"`` (a callable
+            returning an ``nn.Module``), or an ``nn.Module`` instance.
+        weights: ``"default"`` (torchvision's pretrained weights through the torch hub
+            cache; for a book model the newest trained checkpoint of its architecture in
+            the vistool cache or ``runs/``; a checkpoint's own weights; a factory's own
+            initialisation), ``"none"`` (random initialisation), or a path to a state
+            dict / checkpoint. Random weights where trained ones were expected raise a
+            :class:`~vistool.core.errors.RandomWeightsWarning`; ``LoadedModel.weights``
+            always says what the weights are.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:1"`` ...
         input_size: (C, H, W), ``"C,H,W"`` or H; defaults to what the model or checkpoint
             states, else ImageNet's (3, 224, 224).
@@ -300,73 +406,27 @@ def load_model(
         ModelError, WeightsError, CheckpointError: with a message saying what to do.
     """
     dev = resolve_device(device)
-    meta: dict[str, Any] = {}
-    resize: int | None = None
     spec_str = str(spec) if not isinstance(spec, nn.Module) else type(spec).__name__
     weights = str(weights)
-    weight_file = None if weights in ("default", "none") else Path(weights)
-
-    if isinstance(spec, nn.Module):
-        model = spec
-    elif Path(spec_str).suffix in CHECKPOINT_SUFFIXES and ":" not in spec_str:
-        state, meta = load_checkpoint(spec_str)
-        if "arch" not in meta:
-            raise CheckpointError(
-                f"checkpoint {spec_str!r} does not say which architecture it holds; load it with "
-                "--model NAME_OR_FILE.py:factory --weights FILE"
-            )
-        model = _build_arch(meta["arch"], dict(meta.get("arch_kwargs", {})))
-        if weights == "default":
-            apply_state_dict(model, state, f"checkpoint {spec_str!r}")
-    elif ":" in spec_str:
-        model = _call_factory(spec_str)
-    elif spec_str in _torchvision_names():
-        model, enum = _build_torchvision(spec_str, pretrained=weights == "default")
-        preset = enum.transforms()
-        resize = int(preset.resize_size[0])
-        crop = int(preset.crop_size[0])
-        categories = enum.meta.get("categories")
-        meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
-                "classes": categories}
-    elif spec_str in _book_registry().list_models():
-        model = _book_registry().get_model(spec_str)
-        meta = dict(_book_registry().model_defaults(spec_str))
-    else:
-        known = _torchvision_names() + _book_registry().list_models()
-        raise ModelError(
-            f"unknown model {spec_str!r}: not a file, a module:factory or a known name"
-            + suggestion(spec_str, known, "models with 'vistool models'")
-        )
-
-    if weight_file is not None:
-        state, file_meta = load_checkpoint(weight_file)
-        apply_state_dict(model, state, f"weights {str(weight_file)!r}")
-        meta = {**meta, **{k: v for k, v in file_meta.items()
-                           if k in ("input_size", "mean", "std", "classes")}}
-
+    built = _resolve(spec, spec_str, weights)
+    if weights not in ("default", "none"):
+        _apply_weight_file(built, Path(weights))
     size = parse_input_size(input_size if input_size is not None
-                            else meta.get("input_size", (3, 224, 224)))
-    channels = size[0]
-    mean_t = tuple(float(m) for m in (mean or meta.get("mean") or IMAGENET_MEAN))
-    std_t = tuple(float(s) for s in (std or meta.get("std") or IMAGENET_STD))
-    if len(mean_t) != channels or len(std_t) != channels:
-        if channels == 1 and mean is None and std is None and "mean" not in meta:
-            mean_t, std_t = (0.5,), (0.5,)
-        else:
-            raise ModelError(f"mean/std have {len(mean_t)}/{len(std_t)} values but the input has "
-                             f"{channels} channels; give one value per channel")
-    names = _read_classes(classes) if classes is not None else meta.get("classes")
-
+                            else built.meta.get("input_size", (3, 224, 224)))
+    mean_t, std_t = _normalisation(built.meta, size[0], mean, std)
+    names = _read_classes(classes) if classes is not None else built.meta.get("classes")
     if not isinstance(spec, nn.Module):
-        model.eval()
-    model.to(dev)
+        built.model.eval()
+    built.model.to(dev)
     return LoadedModel(
-        model=model,
-        transform=make_transform(size, mean_t, std_t, resize=resize),
+        model=built.model,
+        transform=make_transform(size, mean_t, std_t, resize=built.resize),
         classes=list(names) if names else None,
         input_size=size,
         mean=mean_t,
         std=std_t,
         spec=spec_str,
-        metadata=meta,
+        metadata=built.meta,
+        weights=built.weights,
+        random_weights=built.random_weights,
     )

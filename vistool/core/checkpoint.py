@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .outputs import atomic_path
+from .files import atomic_path
 
 __all__ = ["apply_state_dict", "load_checkpoint", "save_checkpoint"]
 

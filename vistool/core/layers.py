@@ -12,14 +12,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .devices import model_device
 from .errors import LayerError, suggestion
+from .state import preserved_state
 
 __all__ = [
     "LayerInfo",
     "default_layer",
     "layer_names",
     "layer_table",
-    "model_device",
     "resolve_layers",
 ]
 
@@ -83,15 +84,6 @@ def _first_tensor(value) -> torch.Tensor | None:
     return None
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a stateless model."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
     """Run one dry forward pass of a zero batch of shape ``(1, *input_size)`` and tabulate layers.
 
@@ -99,8 +91,6 @@ def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
     statistics are updated and no hooks remain. Modules that did not run have
     ``output_shape=None``. Rows are in ``named_modules`` order.
     """
-    from .hooks import preserved_state  # hooks imports this module
-
     shapes: dict[str, list[int] | None] = {}
     calls: dict[str, int] = {}
     finished: dict[str, int] = {}

@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .errors import TargetError, VistoolError
-from .hooks import preserved_state, record, replaced_output
+from ..core.errors import TargetError, VistoolError
+from ..core.hooks import record, replaced_output
+from ..core.layers import default_layer as find_default_layer
+from ..core.state import preserved_state
+from ..core.zoo import LoadedModel
+from ..render import normalize
 from .inference import inference_copy, many_forwards_batch
-from .layers import default_layer as find_default_layer
-from .render import normalize
-from .zoo import LoadedModel
+from .names import CAM_METHODS, GRADIENT_METHODS
 
 __all__ = [
     "CAM_METHODS",
@@ -40,8 +42,6 @@ __all__ = [
     "linear_head",
 ]
 
-GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
-CAM_METHODS = ("cam", *GRADIENT_METHODS, "scorecam", "eigencam", "ablationcam")
 
 Targets = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -335,7 +335,7 @@ def explain(
         VistoolError: an unknown method, ``cam`` on a model without a GAP + linear head.
     """
     if method not in CAM_METHODS:
-        from .errors import suggestion
+        from ..core.errors import suggestion
 
         raise VistoolError(f"unknown CAM method {method!r}" + suggestion(method, CAM_METHODS,
                                                                             "methods"))

@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import TargetError, VistoolError, suggestion
+from ..core.state import preserved_state
+from ..core.zoo import LoadedModel
+from ..render import normalize
 from .cam import Targets, _resolve_targets, explain
-from .errors import TargetError, VistoolError, suggestion
-from .hooks import preserved_state
-from .render import normalize
-from .zoo import LoadedModel
+from .names import ATTRIBUTION_METHODS
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionResult", "attribute"]
 
-ATTRIBUTION_METHODS = ("saliency", "ig", "guided-backprop", "guided-gradcam", "occlusion")
 
 
 @dataclass
@@ -140,7 +140,7 @@ def attribute(
             algo = GuidedBackprop(net)
         elif method == "guided-gradcam":
             if layer is None:
-                from .layers import default_layer
+                from ..core.layers import default_layer
 
                 layer = default_layer(net, tuple(images.shape[1:]))
             algo = _GuidedGradCam(net, layer)

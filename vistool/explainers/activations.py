@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import LayerError
-from .hooks import preserved_state, record
-from .zoo import LoadedModel
+from ..core.errors import LayerError
+from ..core.hooks import record
+from ..core.state import preserved_state
+from ..core.zoo import LoadedModel
 
 __all__ = ["ActivationResult", "activations", "channel_stats"]
 

@@ -45,6 +45,14 @@ class TargetError(VistoolError, ValueError):
     """A target class index or name is invalid."""
 
 
+class VistoolWarning(UserWarning):
+    """Something the user should know about a run that still goes on (e.g. random weights)."""
+
+
+class RandomWeightsWarning(VistoolWarning):
+    """A model runs with random weights where trained ones were asked for or expected."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The up to ``n`` candidates closest to ``name`` (difflib ratio), best first."""
     candidates = list(candidates)

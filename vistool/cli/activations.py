@@ -1,0 +1,83 @@
+"""``vistool activations``: channel grids, raw arrays and channel statistics per layer."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..core.errors import VistoolError
+from .options import (
+    add_model_options,
+    add_out_option,
+    channel_list,
+    colormap,
+    positive_int,
+    prepare_images,
+    slug,
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("activations", help="render the activations of layers for images",
+                       description="Write a channel grid PNG, the raw .npy and channel "
+                                   "statistics per image and layer, plus manifest.json.")
+    add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files or directories")
+    p.add_argument("--layer", "-l", action="append",
+                   help="layer name (repeatable; default: the model's default target layer)")
+    p.add_argument("--channels", type=channel_list, metavar="RANGE",
+                   help="channels to show, e.g. 0-31 or 0,4,9-12 (default: all)")
+    p.add_argument("--normalization", choices=("channel", "layer"), default="channel",
+                   help="scale each channel on its own or all by one range (default: %(default)s)")
+    p.add_argument("--colormap", type=colormap, default="viridis",
+                   help="matplotlib colormap (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per forward pass (default: %(default)s)")
+    add_out_option(p, "activations")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..explainers.activations import activations
+    from ..outputs import manifest, resolve_run_dir, run_directory, save_json
+
+    paths, loaded, layers, batches = prepare_images(args)
+    start = time.perf_counter()
+    outputs = []
+    out_dir = resolve_run_dir(args.out, "activations")
+    with run_directory(out_dir) as staging:
+        for first, batch in batches:
+            result = activations(loaded, batch, layers)
+            for j in range(len(batch)):
+                for layer in layers:
+                    outputs.append(_save_layer(args, staging, paths[first + j], first + j,
+                                               layer, result.layers[layer][j]))
+        info = manifest(
+            "activations", [str(p) for p in paths],
+            {"model": args.model, "weights": args.checkpoint or args.weights, "layers": layers,
+             "channels": args.channels, "normalization": args.normalization,
+             "colormap": args.colormap, "device": str(loaded.device)},
+            outputs, timings={"seconds": round(time.perf_counter() - start, 4)},
+            model=loaded.describe())
+        save_json(staging / "manifest.json", info)
+    print(f"wrote {len(outputs)} activation grids to {out_dir}")
+    return 0
+
+
+def _save_layer(args, staging, path, index: int, layer: str, act) -> dict:
+    from ..explainers.activations import channel_stats
+    from ..outputs import save_npy, save_png
+    from ..render import channel_grid
+
+    count = act.shape[0]
+    if args.channels is not None and max(args.channels) >= count:
+        raise VistoolError(f"layer {layer!r} has {count} channels; --channels "
+                           f"must be within 0-{count - 1}")
+    base = f"{index:03d}-{slug(path.stem)}_{slug(layer)}"
+    save_npy(staging / f"{base}.npy", act)
+    save_png(staging / f"{base}.png", channel_grid(act, args.channels,
+                                                   normalization=args.normalization,
+                                                   colormap=args.colormap))
+    stats = {k: v.tolist() for k, v in channel_stats(act).items()}
+    return {"image": str(path), "layer": layer, "shape": list(act.shape), "png": f"{base}.png",
+            "npy": f"{base}.npy", "caption": f"{path.name} · {layer}", "channel_stats": stats}

@@ -1,0 +1,34 @@
+"""``vistool gradcam``: class activation maps (the Grad-CAM family)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..explainers.names import CAM_METHODS
+from . import explaining
+from .options import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("gradcam", help="class activation maps (Grad-CAM family)",
+                       description="Write per image an overlay PNG, a heatmap PNG and the raw "
+                                   "layer-resolution map (.npy), and manifest.json with the "
+                                   "top-5 predictions.")
+    explaining.add_explain_options(p, CAM_METHODS, "gradcam")
+    p.add_argument("--topk", type=positive_int, metavar="K",
+                   help="explain the K best classes of each image (instead of --target)")
+    p.add_argument("--channels", type=positive_int, metavar="K",
+                   help="scorecam: use only the K highest-variance channels (Faster Score-CAM)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    def compute(loaded, batch, layers, target):
+        from ..explainers.cam import explain
+
+        result = explain(loaded, batch, args.method, targets=target,
+                         layer=layers if len(layers) > 1 else layers[0],
+                         topk=args.topk, channels=args.channels, progress=not args.json)
+        return result, result.raw  # per layer (N, [k,] h, w)
+
+    return explaining.run(args, compute, {"topk": args.topk, "channels": args.channels})

@@ -1,0 +1,1 @@
+"""The foundation: models and checkpoints, layers, hooks, images, devices, errors."""

@@ -1,0 +1,44 @@
+"""Where trained book models are found: the vistool cache and the ``runs/`` folder.
+
+``make demo`` caches its trained checkpoints under :func:`cache_dir`; ``vistool train``
+writes ``runs/<recipe>/best.safetensors``. A book model asked for by name with the
+default weights resolves to the newest such checkpoint of its architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["cache_dir", "trained_checkpoints"]
+
+
+def cache_dir() -> Path:
+    """The user cache directory of vistool (``$VISTOOL_CACHE``, ``$XDG_CACHE_HOME/vistool``
+    or ``~/.cache/vistool``)."""
+    root = os.environ.get("VISTOOL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vistool")
+    return Path(root)
+
+
+def _arch_of(path: Path) -> str | None:
+    """The ``arch`` a vistool checkpoint records (reads only the safetensors header)."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size < 100_000_000:
+                return None
+            header = json.loads(fh.read(size))
+        return json.loads(header.get("__metadata__", {}).get("vistool", "{}")).get("arch")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def trained_checkpoints(arch: str, roots: list[Path] | None = None) -> list[Path]:
+    """``best.safetensors`` files of architecture ``arch`` one folder below each root
+    (default: the cache directory and ``./runs``), newest first."""
+    roots = roots if roots is not None else [cache_dir(), Path("runs")]
+    found = [path for root in roots if root.is_dir()
+             for path in root.glob("*/best.safetensors") if _arch_of(path) == arch]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

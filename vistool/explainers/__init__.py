@@ -1,0 +1,1 @@
+"""Explanations of a prediction: activations, class activation maps, pixel attributions."""
