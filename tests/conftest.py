@@ -45,3 +45,27 @@ def rgb_file(tmp_path):
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per worker: the workers share the cores
+
+
+@pytest.fixture(scope="session")
+def trained_shapes(tmp_path_factory):
+    """The shapes-cnn recipe trained once per test session, shared by the xdist workers
+    (a file lock makes one of them train and the others wait for it).
+
+    Returns ``(checkpoint_path, best_metrics)``.
+    """
+    import json
+
+    from filelock import FileLock
+
+    from trainers.recipes import run_recipe
+
+    root = tmp_path_factory.getbasetemp().parent / "trained-shapes-cnn"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        done = root / "metrics.json"
+        if not done.is_file():
+            metrics = run_recipe("shapes-cnn", root / "run", device="cpu", progress=False,
+                                 log=lambda _line: None)
+            done.write_text(json.dumps(metrics))
+    return root / "run" / "best.safetensors", json.loads(done.read_text())

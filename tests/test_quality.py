@@ -14,18 +14,14 @@ import pytest
 import torch
 
 import vistool
-from trainers.recipes import run_recipe
 from vistool.cli import main
 from vistool.data.shapes import render_scene
 from vistool.explainers.cam import explain
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes-cnn")
-    metrics = run_recipe("shapes-cnn", out, device="cpu", progress=False,
-                         log=lambda _line: None)
-    return out / "best.safetensors", metrics
+def trained(trained_shapes):
+    return trained_shapes
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,7 @@ body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
 section{margin-bottom:2.5em} figure{display:inline-block;margin:.5em;vertical-align:top}
 img{max-width:320px;image-rendering:pixelated;border:1px solid #ccc;background:#fff}
 figcaption{font-size:.8em;max-width:320px;word-break:break-all} code{background:#eee}
+.random{color:#b00;font-weight:bold}
 """
 
 
@@ -177,10 +178,14 @@ def write_gallery(root: str | os.PathLike, title: str = "vistool outputs") -> Pa
                 f"<figcaption>{caption}</figcaption></figure>"
             )
         options = html.escape(json.dumps(meta.get("options", {})))
+        model = meta.get("model") or {}
+        badge = (f"<p class='random'>RANDOM WEIGHTS ({html.escape(str(model.get('weights')))})"
+                 ": these pictures show an untrained model</p>"
+                 if model.get("random_weights") else "")
         sections.append(
             f"<section><h2>{html.escape(str(meta.get('kind', run.name)))} "
             f"<small><code>{html.escape(run.name)}</code></small></h2>"
-            f"<p><code>{options}</code></p>{''.join(figures)}</section>"
+            f"{badge}<p><code>{options}</code></p>{''.join(figures)}</section>"
         )
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -20,6 +20,7 @@ __all__ = [
     "apply_colormap",
     "channel_grid",
     "enlarge",
+    "image_grid",
     "normalize",
     "overlay",
     "to_uint8_hwc",
@@ -97,18 +98,34 @@ def channel_grid(act: torch.Tensor, channels: Sequence[int] | None = None,
         scaled = normalize(act, dims=(0, 1, 2))
     else:
         raise VistoolError(f"normalization must be 'channel' or 'layer', not {normalization!r}")
-    count, height, width = scaled.shape
+    height, width = scaled.shape[1:]
     factor = max(1, cell // max(height, width))
     scaled = scaled.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-    rgb = apply_colormap(scaled, colormap)  # (C, 3, h, w)
-    cols = math.ceil(math.sqrt(count))
+    return image_grid(apply_colormap(scaled, colormap), pad)  # (C, 3, h, w) tiled
+
+
+def image_grid(images: torch.Tensor, pad: int = 2, cols: int | None = None,
+               cell: int = 0) -> torch.Tensor:
+    """Tile images (K, C, H, W) in [0, 1] into one contact sheet (3, H', W') on white.
+
+    Grey images are shown in grey; ``cols`` defaults to a near-square layout; each image is
+    upscaled (nearest) to about ``cell`` pixels on its longer side when that is larger.
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise VistoolError(f"expected images of shape (K, C, H, W), got {tuple(images.shape)}")
+    images = images.float().clamp(0, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    factor = max(1, cell // max(images.shape[-2:]))
+    images = images.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+    count, _, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(count))
     rows = math.ceil(count / cols)
-    h, w = rgb.shape[-2:]
-    grid = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad, device=act.device)
+    grid = torch.ones(3, rows * (h + pad) + pad, cols * (w + pad) + pad, device=images.device)
     for i in range(count):
         r, c = divmod(i, cols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[:, top:top + h, left:left + w] = rgb[i]
+        grid[:, top:top + h, left:left + w] = images[i, :3]
     return grid
 
 

@@ -20,7 +20,9 @@ from ..core.errors import VistoolError
 __all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_USAGE = 2
-COMMANDS = ("models", "layers", "activations", "gradcam", "attribute", "train", "dashboard")
+COMMANDS = (
+    "models", "layers", "activations", "gradcam", "attribute", "filters", "train", "dashboard",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(exc).split())
         print(f"vistool: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("vistool: interrupted", file=sys.stderr)
         return 130

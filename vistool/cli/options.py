@@ -140,6 +140,8 @@ def load(args: argparse.Namespace):
         loaded = load_model(args.model, weights=weights, device=args.device,
                             input_size=args.input_size, mean=args.mean, std=args.std,
                             classes=args.classes)
+    if loaded.random_weights and not caught:
+        status(f"note: {loaded.weights}: the pictures show an untrained model")
     for warning in caught:
         if issubclass(warning.category, VistoolWarning):
             print(f"vistool: warning: {warning.message}", file=sys.stderr)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import LayerError
 from .layers import resolve_layers
 
-__all__ = ["Recording", "record", "replaced_output"]
+__all__ = ["OUTPUT", "Recording", "forward_until", "record", "replaced_output"]
 
 
 def _map_tensors(fn, value: Any) -> Any:
@@ -137,3 +138,52 @@ def replaced_output(model: nn.Module, layer: str,
         yield
     finally:
         handle.remove()
+
+
+OUTPUT = "<output>"  # the model's own output, for objectives on logits
+
+
+class _Reached(Exception):
+    """Raised from a forward hook once every requested layer has produced its output."""
+
+
+def forward_until(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str],
+                  gradients: bool = True) -> dict[str, Any]:
+    """Run ``model(inputs)`` only as far as needed to capture ``layers``; return their outputs.
+
+    The forward pass stops as soon as every named layer has produced an output (the rest
+    of the network, e.g. a classifier, is never computed), unless ``layers`` includes
+    :data:`OUTPUT`, which asks for the model's output and runs it to the end. Outputs
+    are those of :func:`record` (in the graph with ``gradients=True``). A module that
+    runs twice gives its first output. Hooks are removed in ``finally``.
+
+    Raises:
+        LayerError: a name is not a module of ``model``, or a layer did not run.
+    """
+    names = [n for n in dict.fromkeys(layers) if n != OUTPUT]
+    full = OUTPUT in layers
+    captured: dict[str, Any] = {}
+    with record(model, names, gradients=gradients) as rec:
+        handles = []
+
+        def stop(_module, _inputs, _output):
+            if not full and all(name in rec for name in names):
+                raise _Reached
+
+        try:
+            for module in resolve_layers(model, names):
+                handles.append(module.register_forward_hook(stop))
+            output = model(inputs)
+            if full:
+                captured[OUTPUT] = output
+        except _Reached:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [name for name in names if name not in rec]
+        if missing:
+            raise LayerError(f"layer {missing[0]!r} did not run in the forward pass; pick a "
+                             "layer that 'vistool layers' lists with a shape")
+        captured.update({name: rec.all(name)[0] for name in names})
+    return captured

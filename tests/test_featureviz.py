@@ -1,0 +1,300 @@
+"""Feature visualisation and the synthesis core: parameterisations, transforms, objectives,
+the truncated loop, and selectivity on the trained shapes CNN."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import vistool
+from vistool.cli import main
+from vistool.core.hooks import OUTPUT, forward_until
+from vistool.synthesize import objectives as obj
+from vistool.synthesize.featureviz import first_layer_weights, render_classes, render_filters
+from vistool.synthesize.optimize import optimize
+from vistool.synthesize.param import FourierImage, PixelImage, make_param
+from vistool.synthesize.transform import Transforms
+
+
+class Tripwire(nn.Module):
+    def forward(self, x):
+        raise AssertionError("the forward pass ran past the deepest layer it needed")
+
+
+class Tiny(nn.Module):
+    def __init__(self, trip: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=1)
+        self.trip = Tripwire() if trip else nn.Identity()
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+
+    def forward(self, x):
+        return self.head(self.trip(self.conv2(self.relu(self.conv(x)))))
+
+
+def generators(count, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
+
+
+def tiny_loaded(trip=False):
+    return vistool.load_model(Tiny(trip), input_size=(3, 16, 16), mean=[0.5] * 3,
+                              std=[0.25] * 3, device="cpu")
+
+
+# --- parameterisations -------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [FourierImage, PixelImage])
+@pytest.mark.parametrize("size", [(3, 16, 20), (3, 15, 15), (1, 12, 9)])
+def test_parameterisations_round_trip_and_stay_in_range(cls, size):
+    param = cls(size, generators(2))
+    images = param()
+    assert images.shape == (2, *size) and images.min() > 0 and images.max() < 1
+    target = torch.rand(2, *size) * 0.9 + 0.05
+    param.set_images(target)
+    torch.testing.assert_close(param(), target, atol=2e-5, rtol=0)
+
+
+def test_fourier_images_favour_low_frequencies():
+    param = FourierImage((3, 64, 64), generators(4), sd=0.5)
+    power = torch.fft.rfft2(param() - 0.5).abs().pow(2).mean((0, 1))
+    assert power[1:4, 1:4].mean() > 20 * power[20:32, 20:32].mean()
+
+
+def test_images_depend_only_on_their_own_generator():
+    alone = make_param("fft", (3, 8, 8), [torch.Generator().manual_seed(5)])()
+    batch = make_param("fft", (3, 8, 8), [torch.Generator().manual_seed(1),
+                                          torch.Generator().manual_seed(5)])()
+    assert torch.equal(batch[1], alone[0])
+    with pytest.raises(vistool.VistoolError, match="unknown image parameterisation 'png'"):
+        make_param("png", (3, 8, 8), generators(1))
+
+
+# --- transforms ---------------------------------------------------------------------------
+
+def test_transforms_keep_shape_and_are_identity_at_strength_zero():
+    images = torch.rand(3, 3, 20, 30)
+    assert torch.equal(Transforms.none()(images, generators(3)), images)
+    for field in ("pad", "jitter", "scale", "rotate", "jitter2"):
+        strength = {"pad": 4, "jitter": 3, "scale": 0.2, "rotate": 15, "jitter2": 2}[field]
+        one = Transforms(**{**Transforms.none().__dict__, field: strength})
+        moved = one(images, generators(3))
+        assert moved.shape == images.shape
+        assert (moved - images).abs().max() > 0.05, field
+    all_at_once = Transforms()(images, generators(3))
+    assert all_at_once.shape == images.shape and 0 <= all_at_once.min() <= all_at_once.max() <= 1
+
+
+def test_integer_jitter_is_a_shift_with_grey_fill():
+    images = torch.rand(1, 3, 10, 12)
+    (gen,) = generators(1, seed=3)
+    theta = Transforms(0, 2, 0, 0, 0).matrices((10, 12), [gen])
+    shift_x = -theta[0, 0, 2].item() * 12 / 2  # pixels moved to the right
+    shift_y = -theta[0, 1, 2].item() * 10 / 2
+    # A transform that moves by exactly one pixel: build it from the same matrix form.
+    exact = torch.tensor([[[1.0, 0.0, -2 / 12], [0.0, 1.0, 0.0]]])
+    grid = torch.nn.functional.affine_grid(exact, [1, 3, 10, 12], align_corners=False)
+    moved = torch.nn.functional.grid_sample(images - 0.5, grid, align_corners=False) + 0.5
+    torch.testing.assert_close(moved[..., 1:], images[..., :-1], atol=1e-6, rtol=0)
+    assert torch.allclose(moved[..., 0], torch.full_like(moved[..., 0], 0.5))
+    assert abs(shift_x) <= 2 and abs(shift_y) <= 2
+
+
+def test_transform_of_an_image_does_not_depend_on_its_batch():
+    images = torch.rand(3, 3, 16, 16)
+    batch = Transforms()(images, generators(3))
+    alone = Transforms()(images[2:], generators(3)[2:])
+    torch.testing.assert_close(batch[2:], alone, atol=1e-6, rtol=0)
+
+
+# --- objectives ---------------------------------------------------------------------------
+
+def test_objectives_select_per_image_channels_and_compose():
+    act = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    image = torch.zeros(2, 3, 4, 4)
+    image[1, :, :, 2:] = 1.0
+    acts = {"a": act, obj.INPUT: image, OUTPUT: torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
+    assert obj.channel("a", [0, 2])(acts).tolist() == [1.5, 21.5]
+    assert obj.channel("a", 1)(acts).tolist() == [5.5, 17.5]
+    assert obj.neuron("a", [0, 2])(acts).tolist() == [3.0, 23.0]  # centre (1, 1)
+    assert obj.class_logit([1, 0])(acts).tolist() == [2.0, 3.0]
+    assert obj.deepdream("a")(acts)[0].item() == pytest.approx(act[0].pow(2).mean().item())
+    assert obj.total_variation()(acts).tolist() == [0.0, pytest.approx(1 / 3)]
+    assert obj.l1()(acts).tolist() == [0.5, 0.5] and obj.l2()(acts).tolist() == [0.5, 0.5]
+    combo = 2 * obj.channel("a", 0) - obj.l1() + 1
+    assert combo(acts).tolist() == [2 * 1.5 - 0.5 + 1, 2 * 13.5 - 0.5 + 1]
+    assert combo.layers == ("a", obj.INPUT)
+    assert (-obj.channel("a", 0))(acts).tolist() == [-1.5, -13.5]
+    assert (obj.channel("a", 0) * obj.channel("a", 1))(acts).tolist() == [1.5 * 5.5, 13.5 * 17.5]
+    direction = obj.direction("a", torch.tensor([1.0, 0.0, 0.0]))(acts)
+    expected = torch.nn.functional.cosine_similarity(
+        act, torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1), dim=1).flatten(1).mean(1)
+    torch.testing.assert_close(direction, expected)
+    same = {"a": act[:1].expand(2, -1, -1, -1)}
+    assert obj.diversity("a")(same).tolist() == pytest.approx([-1.0, -1.0])
+
+
+def test_blur_objective_is_zero_on_a_flat_image_and_negative_on_noise():
+    flat = {obj.INPUT: torch.full((1, 3, 8, 8), 0.3)}
+    noisy = {obj.INPUT: torch.rand(1, 3, 8, 8)}
+    assert obj.blur()(flat).item() == pytest.approx(0.0, abs=1e-7)
+    assert obj.blur()(noisy).item() < 0
+
+
+def test_forward_until_stops_at_the_deepest_layer_and_removes_hooks():
+    model = Tiny(trip=True)
+    x = torch.rand(2, 3, 8, 8)
+    acts = forward_until(model, x, ["conv", "conv2"])
+    assert acts["conv"].shape == (2, 4, 8, 8) and acts["conv2"].shape == (2, 3, 8, 8)
+    assert acts["conv"].min() < 0  # pre-ReLU although the ReLU is in-place
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(AssertionError, match="ran past"):
+        forward_until(model, x, [OUTPUT])
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(vistool.LayerError, match="did you mean 'conv', 'conv2'"):
+        forward_until(model, x, ["conv3"])
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+def test_optimising_a_channel_raises_it_and_leaves_the_model_as_it_was():
+    model = Tiny(trip=True)
+    model.train()
+    model.conv.weight.requires_grad_(False)
+    grad = torch.ones_like(model.conv2.weight)
+    model.conv2.weight.grad = grad
+    param = make_param("fft", (3, 16, 16), generators(2))
+    done = optimize(model, obj.channel("conv2", [0, 1]), param, generators(2, 10), steps=30,
+                    lr=0.05, transforms=Transforms(2, 2, 0.1, 5, 1), mean=[0.5] * 3,
+                    std=[0.25] * 3)
+    assert done.history.shape == (30, 2)
+    assert (done.history[-5:].mean(0) > done.history[:5].mean(0)).all()
+    down = optimize(model, -obj.channel("conv2", [0, 1]), make_param("fft", (3, 16, 16),
+                    generators(2)), generators(2, 10), steps=30, lr=0.05,
+                    transforms=Transforms(2, 2, 0.1, 5, 1), mean=[0.5] * 3, std=[0.25] * 3)
+    assert (down.history[-5:].mean(0) > down.history[:5].mean(0)).all()  # -activation rose
+    assert (-down.history[-1] < done.history[-1]).all()
+    assert model.training and model.conv2.weight.requires_grad
+    assert not model.conv.weight.requires_grad and model.conv2.weight.grad is grad
+    assert model.conv.weight.grad is None
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_render_filters_is_seeded_and_batch_independent():
+    loaded = tiny_loaded(trip=True)
+    kwargs = {"size": 16, "steps": 12, "seed": 7}
+    both = render_filters(loaded, "conv2", [0, 2], batch_size=2, **kwargs)
+    again = render_filters(loaded, "conv2", [0, 2], batch_size=2, **kwargs)
+    alone = render_filters(loaded, "conv2", [2], batch_size=1, **kwargs)
+    assert torch.equal(both.images, again.images)
+    torch.testing.assert_close(both.images[1], alone.images[0], atol=1e-4, rtol=0)
+    assert both.images.shape == (2, 3, 16, 16) and both.history.shape == (12, 2)
+    assert both.targets == [0, 2] and both.kind == "channel" and both.layer == "conv2"
+    other_seed = render_filters(loaded, "conv2", [0, 2], batch_size=2, size=16, steps=12,
+                                seed=8)
+    assert not torch.equal(other_seed.images, both.images)
+
+
+def test_render_filters_rejects_bad_requests():
+    loaded = tiny_loaded()
+    with pytest.raises(vistool.LayerError, match="did you mean"):
+        render_filters(loaded, "conv9", steps=1)
+    with pytest.raises(vistool.VistoolError, match=r"channel 3 is out of range.*3 channels"):
+        render_filters(loaded, "conv2", [0, 3], steps=1)
+    with pytest.raises(vistool.VistoolError, match="size \\(0\\)"):
+        render_filters(loaded, "conv2", [0], size=0, steps=1)
+    with pytest.raises(vistool.LayerError, match="not \\(N, C, H, W\\)"):
+        render_filters(loaded, "head.2", [0], steps=1)
+
+
+def test_first_layer_weights_are_the_kernels_scaled_around_grey():
+    model = Tiny()
+    images = first_layer_weights(model)
+    weight = model.conv.weight.detach()
+    assert images.shape == (4, 3, 3, 3)
+    peak = weight.flatten(1).abs().amax(1)
+    torch.testing.assert_close(images, weight / (2 * peak[:, None, None, None]) + 0.5)
+    assert torch.isclose(images.flatten(1).amax(1) - 0.5, torch.tensor(0.5)).logical_or(
+        torch.isclose(images.flatten(1).amin(1), torch.tensor(0.0))).all()
+    with pytest.raises(vistool.LayerError, match="is a ReLU, not a Conv2d"):
+        first_layer_weights(model, "relu")
+
+
+# --- the trained shapes CNN ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shapes(trained_shapes):
+    return vistool.load_model(str(trained_shapes[0]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def last_conv_filters(shapes):
+    layer = "features.11"  # the last convolution (pre-ReLU); 64 channels
+    return render_filters(shapes, layer, size=64, steps=64, seed=0, batch_size=16)
+
+
+def test_each_filter_image_excites_its_own_channel_most(shapes, last_conv_filters):
+    from vistool.explainers.activations import activations
+
+    result = last_conv_filters
+    layer = result.layer
+    x = (result.images - torch.tensor(shapes.mean).view(1, 3, 1, 1)) / torch.tensor(
+        shapes.std).view(1, 3, 1, 1)
+    means = activations(shapes, x, layer).layers[layer].mean((2, 3))  # (images, channels)
+    own = means.diagonal()
+    others = means.clone().fill_diagonal_(-float("inf")).amax(0)  # other images, per channel
+    noise = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    noise_x = (noise - 0.5) / 0.25
+    noise_means = activations(shapes, noise_x, layer).layers[layer].mean((2, 3)).amax(0)
+    selective = (own > others) & (own >= 10 * noise_means.clamp(min=1e-3))
+    assert selective.float().mean() >= 0.9, selective.float().mean()
+
+
+def test_class_images_are_classified_as_their_class(shapes):
+    result = render_classes(shapes, list(shapes.classes), size=64, steps=64, seed=0)
+    x = (result.images - 0.5) / 0.25
+    with torch.no_grad():
+        predicted = shapes.model(x).argmax(1).tolist()
+    assert predicted == list(range(len(shapes.classes)))
+    assert result.kind == "class" and result.targets == predicted
+
+
+def test_filters_cli_writes_pngs_sheet_and_manifest(trained_shapes, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["filters", "--model", str(trained_shapes[0]), "--layer", "features.11",
+                   "--channels", "0-3", "--size", "32", "--steps", "4", "--out", str(out)])
+    assert status == 0
+    info = json.loads((out / "manifest.json").read_text())
+    assert [o["target"] for o in info["outputs"]] == [0, 1, 2, 3]
+    assert {"sheet.png", "images.npy", "channel0003.png"} <= {p.name for p in out.iterdir()}
+    assert info["model"]["random_weights"] is False
+    status = main(["filters", "--model", str(trained_shapes[0]), "--class", "circle",
+                   "--size", "32", "--steps", "2", "--out", str(tmp_path / "cls")])
+    assert status == 0
+    info = json.loads((tmp_path / "cls" / "manifest.json").read_text())
+    assert info["outputs"][0]["name"] == "circle"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--layer", "features.99"], "no layer named 'features.99'"),
+    (["--layer", "features.11", "--channels", "70"], "channel 70 is out of range"),
+    (["--layer", "fc"], "not (N, C, H, W)"),
+    (["--class", "hexagon"], "unknown class 'hexagon'"),
+    (["--channels", "1"], "one of the arguments --layer --class --weights-rgb is required"),
+])
+def test_filters_cli_bad_input_is_one_line(trained_shapes, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    try:
+        status = main(["filters", "--model", str(trained_shapes[0]), "--steps", "1",
+                       "--out", str(out), *argv])
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and message in err[-1]
+    assert err[-1].startswith(("vistool: error:", "vistool filters: error:"))
+    assert not out.exists()

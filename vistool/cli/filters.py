@@ -1,0 +1,119 @@
+"""``vistool filters``: images that maximise each filter of a layer, or each class."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ..core.errors import VistoolError
+from .options import add_model_options, add_out_option, channel_list, check_out, load, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "filters", help="feature visualisation: what each filter (or class) looks for",
+        description="Optimise one image per channel of --layer (or per --class) by gradient "
+                    "ascent with transformation robustness; write one PNG per target, a "
+                    "contact sheet (sheet.png), the images (images.npy) and manifest.json "
+                    "with each image's final and transform-robust activation. --weights-rgb "
+                    "shows the first convolution's kernels instead.")
+    add_model_options(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layer", "-l", help="layer whose channels to render (e.g. features.28; "
+                                            "a conv before an in-place ReLU is pre-ReLU)")
+    what.add_argument("--class", dest="classes", action="append", metavar="NAME|IDX",
+                      help="render the image that maximises this class (repeatable)")
+    what.add_argument("--weights-rgb", nargs="?", const="", metavar="LAYER",
+                      help="show the kernels of the first conv layer (or LAYER) as images")
+    p.add_argument("--channels", type=channel_list, metavar="RANGE",
+                   help="channels of --layer, e.g. 0-63 or 0,4,9-12 (default: the first 64)")
+    p.add_argument("--size", type=positive_int, default=128,
+                   help="image size in pixels; the model sees this size (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=256,
+                   help="optimisation steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate "
+                                                          "(default: %(default)s)")
+    p.add_argument("--param", choices=("fft", "pixel"), default="fft",
+                   help="image parameterisation: fft (1/f spectrum, decorrelated colour) or "
+                        "pixel (default: %(default)s)")
+    p.add_argument("--no-transforms", action="store_true",
+                   help="optimise without random pad/jitter/scale/rotation")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="targets per forward/backward pass (default: 8 on CPU, 32 on CUDA)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed; a target's image depends only on it (default: %(default)s)")
+    add_out_option(p, "filters")
+    p.add_argument("--json", action="store_true", help="also print the manifest to stdout")
+    p.set_defaults(func=run)
+
+
+def _compute(args: argparse.Namespace, loaded):
+    from ..synthesize.featureviz import render_classes, render_filters
+    from ..synthesize.transform import Transforms
+
+    options = {"size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
+               "transforms": Transforms.none() if args.no_transforms else None,
+               "seed": args.seed, "batch_size": args.batch_size,
+               "progress": sys.stderr.isatty()}
+    if args.classes:
+        return render_classes(loaded, args.classes, **options)
+    return render_filters(loaded, args.layer, args.channels, **options)
+
+
+def _outputs(args, loaded, staging, result) -> list[dict]:
+    from ..outputs import save_npy, save_png
+    from ..render import enlarge, image_grid
+
+    save_png(staging / "sheet.png", image_grid(result.images, cell=128))
+    save_npy(staging / "images.npy", result.images)
+    outputs = []
+    for i, target in enumerate(result.targets):
+        name = loaded.class_name(target) if result.kind == "class" else None
+        png = f"{result.kind}{target:04d}.png"
+        save_png(staging / png, enlarge(result.images[i], 128))
+        outputs.append({"target": target, "name": name, "png": png,
+                        "activation": round(float(result.activations[i]), 6),
+                        "robust_activation": round(float(result.robust_activations[i]), 6),
+                        "caption": f"{result.layer or 'class'} {name or target}"})
+    return outputs
+
+
+def _weights_rgb(args, loaded, staging) -> list[dict]:
+    from ..outputs import save_png
+    from ..render import image_grid
+    from ..synthesize.featureviz import first_layer_weights
+
+    kernels = first_layer_weights(loaded, args.weights_rgb or None)
+    save_png(staging / "sheet.png", image_grid(kernels, cell=32))
+    return [{"png": "sheet.png", "kernels": list(kernels.shape),
+             "caption": f"{args.weights_rgb or 'first conv'} kernels"}]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..outputs import manifest, resolve_run_dir, run_directory, save_json
+
+    if args.channels is not None and not args.layer:
+        raise VistoolError("--channels needs --layer; give the layer whose channels to render")
+    check_out(args.out)
+    loaded = load(args)
+    start = time.perf_counter()
+    result = None if args.weights_rgb is not None else _compute(args, loaded)
+    out_dir = resolve_run_dir(args.out, "filters")
+    with run_directory(out_dir) as staging:
+        outputs = (_weights_rgb(args, loaded, staging) if result is None
+                   else _outputs(args, loaded, staging, result))
+        options = {"model": args.model, "weights": args.checkpoint or args.weights,
+                   "layer": args.layer, "classes": args.classes, "channels": args.channels,
+                   "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
+                   "transforms": not args.no_transforms, "device": str(loaded.device)}
+        info = manifest("filters", [], options, outputs, seed=args.seed,
+                        timings={"seconds": round(time.perf_counter() - start, 4)},
+                        model=loaded.describe())
+        save_json(staging / "manifest.json", info)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(f"wrote {len(outputs)} images to {out_dir}")
+    return 0

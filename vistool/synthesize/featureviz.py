@@ -1,0 +1,200 @@
+"""Feature visualisation: the images that maximise a layer's channels or a class's score.
+
+:func:`render_filters` renders one channel per batch element, all in the same forward and
+backward pass, in chunks that fit the device; :func:`render_classes` does the same for
+class logits; :func:`first_layer_weights` shows a first convolution's kernels as images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..core.errors import LayerError, TargetError, VistoolError
+from ..core.hooks import forward_until
+from ..core.layers import resolve_layers
+from ..core.state import preserved_state
+from ..core.zoo import LoadedModel
+from . import objectives as obj
+from .optimize import evaluate, optimize
+from .param import make_param
+from .transform import Transforms
+
+__all__ = ["FeatureVisualization", "first_layer_weights", "render_classes", "render_filters"]
+
+
+@dataclass
+class FeatureVisualization:
+    """Images that maximise channels or classes, with how well they do.
+
+    Attributes:
+        images: (K, C, H, W) in [0, 1], one per target.
+        targets: the channel (or class) index of each image.
+        activations: (K,) the objective of each final image as it is.
+        robust_activations: (K,) its mean over random transformations of the final image.
+        history: (steps, K) the objective at every step.
+        layer: the layer of the channels (None for classes).
+        kind: ``"channel"`` or ``"class"``.
+    """
+
+    images: torch.Tensor
+    targets: list[int]
+    activations: torch.Tensor
+    robust_activations: torch.Tensor
+    history: torch.Tensor
+    layer: str | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class _Run:
+    size: tuple[int, int, int]
+    steps: int
+    lr: float
+    param: str
+    transforms: Transforms
+    seed: int
+    batch_size: int
+    robust_samples: int
+
+
+def _generators(seed: int, targets: Sequence[int], salt: int = 0) -> list[torch.Generator]:
+    """One generator per target, seeded by (seed, target): a target's image is the same
+    whichever batch it is rendered in."""
+    return [torch.Generator().manual_seed((seed * 1_000_003 + t) * 4 + salt) for t in targets]
+
+
+def _chunk_size(device: torch.device, requested: int | None) -> int:
+    if requested is not None:
+        return requested
+    # On a CPU the cost per image grows with the batch; a GPU fills up with larger ones.
+    return 32 if device.type == "cuda" else 8
+
+
+def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objective],
+            targets: list[int], run: _Run, progress: bool, desc: str):
+    chunks = [targets[i:i + run.batch_size] for i in range(0, len(targets), run.batch_size)]
+    bar = tqdm(total=run.steps * len(chunks), desc=desc, disable=not progress, leave=False)
+    images, plain, robust, history = [], [], [], []
+    try:
+        for chunk in chunks:
+            objective = make_objective(chunk)
+            param = make_param(run.param, run.size, _generators(run.seed, chunk))
+            done = optimize(loaded.model, objective, param, _generators(run.seed, chunk, 1),
+                            run.steps, run.lr, run.transforms, loaded.mean, loaded.std,
+                            callback=lambda _step, _values: bar.update())
+            images.append(done.images.cpu())
+            history.append(done.history.cpu())
+            plain.append(evaluate(loaded.model, objective, done.images, loaded.mean,
+                                  loaded.std).cpu())
+            robust.append(evaluate(loaded.model, objective, done.images, loaded.mean,
+                                   loaded.std, run.transforms, _generators(run.seed, chunk, 2),
+                                   run.robust_samples).cpu())
+    finally:
+        bar.close()
+    return torch.cat(images), torch.cat(plain), torch.cat(robust), torch.cat(history, 1)
+
+
+def _check_layer(loaded: LoadedModel, layer: str, size: int) -> int:
+    """The channel count of ``layer``, which must output (N, C, H, W) (one truncated dry run)."""
+    x = torch.zeros(1, loaded.input_size[0], max(size, 1), max(size, 1), device=loaded.device)
+    with preserved_state(loaded.model, eval_mode=True), torch.no_grad():
+        act = forward_until(loaded.model, x, [layer], gradients=False)[layer]
+    if not isinstance(act, torch.Tensor) or act.dim() != 4:
+        raise LayerError(f"layer {layer!r} outputs shape {tuple(getattr(act, 'shape', ()))}, "
+                         "not (N, C, H, W); feature visualisation needs a convolutional layer")
+    return act.shape[1]
+
+
+def _settings(loaded: LoadedModel, size: int, steps: int, lr: float, param: str,
+              transforms: Transforms | None, seed: int, batch_size: int | None,
+              robust_samples: int) -> _Run:
+    if size < 1 or steps < 0 or lr <= 0 or robust_samples < 1:
+        raise VistoolError(f"size ({size}), steps ({steps}), lr ({lr}) and robust samples "
+                           f"({robust_samples}) must be positive; give e.g. --size 128")
+    if batch_size is not None and batch_size < 1:
+        raise VistoolError(f"batch size must be at least 1, got {batch_size}")
+    return _Run((loaded.input_size[0], size, size), steps, lr, param,
+                Transforms() if transforms is None else transforms, seed,
+                _chunk_size(loaded.device, batch_size), robust_samples)
+
+
+def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | None = None,
+                   size: int = 128, steps: int = 256, lr: float = 0.05, param: str = "fft",
+                   transforms: Transforms | None = None, seed: int = 0,
+                   batch_size: int | None = None, robust_samples: int = 8,
+                   progress: bool = False) -> FeatureVisualization:
+    """Render the image that maximises the mean activation of each channel of ``layer``.
+
+    Args:
+        loaded: the model (:func:`vistool.load_model`).
+        layer: a layer with (N, C, H, W) output; a convolution followed by an in-place ReLU
+            is optimised before the ReLU, name the ReLU for after.
+        channels: channel indices (default: the first 64, or all if fewer).
+        size: image height and width in pixels (the model sees this size; no upsampling).
+        steps, lr: Adam steps and learning rate.
+        param: ``"fft"`` (Fourier, 1/f scaled, decorrelated colour) or ``"pixel"``.
+        transforms: random transformations every step (default :class:`Transforms()`;
+            ``Transforms.none()`` for none).
+        seed: the image of channel c depends only on (seed, c), not on its batch.
+        batch_size: channels per forward/backward pass (default: 8 on a CPU, 32 on CUDA).
+        robust_samples: random transformations averaged for ``robust_activations``.
+        progress: a progress bar on stderr.
+
+    The network runs only up to ``layer``; its weights are frozen for the call and the
+    model comes back with its flags, ``requires_grad`` and ``.grad`` unchanged.
+    """
+    count = _check_layer(loaded, layer, size)
+    channels = list(range(min(count, 64))) if channels is None else [int(c) for c in channels]
+    bad = [c for c in channels if not 0 <= c < count]
+    if bad or not channels:
+        raise VistoolError(f"channel {bad[0] if bad else 'list'} is out of range: layer "
+                           f"{layer!r} has {count} channels (0-{count - 1})")
+    run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
+                    robust_samples)
+    images, plain, robust, history = _render(
+        loaded, lambda chunk: obj.channel(layer, chunk), channels, run, progress, "filters")
+    return FeatureVisualization(images, channels, plain, robust, history, layer, "channel")
+
+
+def render_classes(loaded: LoadedModel, classes: Sequence[int | str], size: int = 128,
+                   steps: int = 256, lr: float = 0.05, param: str = "fft",
+                   transforms: Transforms | None = None, seed: int = 0,
+                   batch_size: int | None = None, robust_samples: int = 8,
+                   progress: bool = False) -> FeatureVisualization:
+    """Render the image that maximises each class's logit (class visualisation).
+
+    ``classes`` are indices or names; the other arguments are those of
+    :func:`render_filters`. The whole network runs every step.
+    """
+    if not classes:
+        raise TargetError("no classes given; name at least one class (index or name)")
+    outputs = loaded.layers[-1].output_shape if loaded.layers else None
+    count = outputs[-1] if outputs and len(outputs) == 2 else None
+    targets = [loaded.class_index(c, count) for c in classes]
+    run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
+                    robust_samples)
+    images, plain, robust, history = _render(
+        loaded, obj.class_logit, targets, run, progress, "classes")
+    return FeatureVisualization(images, targets, plain, robust, history, None, "class")
+
+
+def first_layer_weights(model: LoadedModel | nn.Module, layer: str | None = None) -> torch.Tensor:
+    """The kernels of the first convolution (or ``layer``) as images (K, C, kh, kw) in [0, 1],
+    each scaled symmetrically so that 0.5 is a zero weight."""
+    net = model.model if isinstance(model, LoadedModel) else model
+    if layer is None:
+        conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            raise LayerError(f"{type(net).__name__} has no Conv2d layer")
+    else:
+        (conv,) = resolve_layers(net, [layer])
+        if not isinstance(conv, nn.Conv2d):
+            raise LayerError(f"layer {layer!r} is a {type(conv).__name__}, not a Conv2d")
+    weight = conv.weight.detach().float().cpu()
+    peak = weight.flatten(1).abs().amax(1).clamp(min=1e-12)[:, None, None, None]
+    return weight / (2 * peak) + 0.5
