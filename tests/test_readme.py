@@ -1,0 +1,275 @@
+"""The README's commands run as written.
+
+Every line of the README's ```bash blocks (lines continued with a trailing backslash are
+joined, comments dropped) is either run here through ``vistool.cli.main`` in a fresh
+directory that holds the files it names, or listed in ``SKIPPED`` with the reason it
+cannot run offline in test time. A README line that is neither fails the test, so a new
+line must be made runnable or listed; a listed line that left the README fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shlex
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+from vistool.cli import main
+from vistool.core.checkpoint import save_checkpoint
+from vistool.core.registry import get_model, list_models, model_defaults
+from vistool.data.shapes import SHAPE_CLASSES, render_scene
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+# README lines that are not run, keyed by the line as shlex.join writes it, with why.
+SKIPPED = {
+    "make demo": "trains the shapes CNN (about a minute on a CPU), then runs CLI commands "
+                 "like the ones run here",
+    "make test": "runs the whole test suite, this file included",
+    "vistool dashboard": "serves Streamlit until stopped; tests/test_dashboard.py starts and "
+                         "stops the server and drives the app",
+    "vistool train lenet-digits": "15 epochs of training, too slow for this file; "
+                                  "tests/test_trainers.py trains it",
+    "vistool train shapes-cnn --out runs/shapes": "about a minute of training; the test writes "
+                                                  "a stand-in for the checkpoint it makes",
+    "vistool train lenet-mnist --data-dir data --download": "downloads MNIST",
+    "vistool train vae-mnist --dataset digits --epochs 20": "20 epochs of training, too slow "
+                                                            "for this file",
+    "vistool train transfer-imagefolder --data-dir pets/": "needs a folder of cat and dog photos "
+                                                           "and downloads pretrained weights",
+    "vistool train resnet-cifar10 --resume --out runs/r": "needs CIFAR-10 (a download), an "
+                                                          "interrupted run and hours of training",
+    "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
+        "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
+        "processes",
+}
+
+IMAGE_COMMANDS = ("activations", "gradcam", "attribute")
+
+
+def shell_lines(markdown: str) -> list[str]:
+    """The commands of the ```bash blocks of ``markdown``: continuations joined, comments
+    dropped, each normalised by ``shlex`` (``shlex.join(shlex.split(line))``)."""
+    commands, fence, pending = [], None, ""
+    for line in markdown.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            fence = stripped[3:].strip() if fence is None else None
+            continue
+        if fence != "bash":
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        tokens = shlex.split(pending + stripped, comments=True)
+        pending = ""
+        if tokens:
+            commands.append(shlex.join(tokens))
+    return commands
+
+
+def cli_argv(line: str) -> list[str] | None:
+    """The arguments of ``vistool.cli.main`` for a ``vistool ...`` or ``python -m vistool
+    ...`` line (None for other programs)."""
+    tokens = shlex.split(line)
+    if tokens[0] == "vistool":
+        return tokens[1:]
+    if tokens[:3] == ["python", "-m", "vistool"]:
+        return tokens[3:]
+    return None
+
+
+def offline(argv: list[str]) -> list[str]:
+    """``argv`` with ``--weights none`` for a torchvision model given no ``--weights``: the
+    default pretrained weights would be downloaded (45 to 550 MB, no network in tests).
+    Random weights run the same code apart from the download, and the class names (which
+    ``--target tabby`` needs) come with the model either way."""
+    model = _option(argv, "--model")
+    if model in TORCHVISION_MODELS and "--weights" not in argv:
+        return [*argv, "--weights", "none"]
+    return argv
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
+TORCHVISION_MODELS = set(torchvision.models.list_models(module=torchvision.models))
+LINES = shell_lines(README.read_text())
+RUN = [line for line in LINES if line not in SKIPPED and cli_argv(line) is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The files the README's lines name, written small and real (images PIL can open).
+
+
+def _photo(name: str) -> Callable[[Path], None]:
+    """A photograph that ships with scikit-image, 128 pixels wide."""
+
+    def write(path: Path) -> None:
+        from skimage import data
+
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        image.resize((128, 128 * image.height // image.width)).save(path)
+
+    return write
+
+
+def _photos(path: Path) -> None:
+    path.mkdir()
+    _photo("astronaut")(path / "astronaut.jpg")
+    _photo("rocket")(path / "rocket.png")
+
+
+def _shapes_scene(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    scene = render_scene(rng, 64, [SHAPE_CLASSES.index("star")])
+    Image.fromarray(scene.image).resize((128, 128), Image.NEAREST).save(path)
+
+
+def _digit(path: Path) -> None:
+    image = Image.new("L", (28, 28))
+    ImageDraw.Draw(image).line([(7, 6), (21, 6), (12, 23)], fill=255, width=3)  # a 7
+    image.save(path)
+
+
+MYNET = """from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+"""
+
+
+def _weights(path: Path) -> None:
+    script = path.with_name("mynet.py")
+    if not script.exists():
+        script.write_text(MYNET)
+    torch.manual_seed(0)
+    torch.save(runpy.run_path(str(script))["build"]().state_dict(), path)
+
+
+FILES: dict[str, Callable[[Path], None]] = {
+    "cat.jpg": _photo("chelsea"),
+    "img.jpg": _photo("coffee"),
+    "img.png": _shapes_scene,
+    "photos/": _photos,
+    "digit.png": _digit,
+    "mynet.py": lambda path: path.write_text(MYNET),
+    "w.pt": _weights,
+    "classes.txt": lambda path: path.write_text("\n".join(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])),
+}
+
+
+def write_files(argv: list[str], root: Path, shapes_ckpt: Path) -> None:
+    """Write into ``root`` the files that ``argv`` names (a ``file.py:factory`` names its file;
+    a checkpoint under runs/ is what a training line of the README writes: a stand-in)."""
+    for arg in argv:
+        name = arg.partition(":")[0] if ".py:" in arg else arg
+        if name in FILES and not (root / name).exists():
+            FILES[name](root / name)
+        elif name.startswith("runs/") and name.endswith(".safetensors"):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shapes_ckpt, root / name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread while the lines run: on a shared 2-core machine, OpenMP threads
+    that spin against other processes made this file about 2.5 times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes_ckpt(tmp_path_factory) -> Path:
+    """A stand-in for the shapes CNN that ``make demo`` trains: the real architecture, classes
+    and metadata of the recipe, untrained weights (training takes a minute)."""
+    torch.manual_seed(0)
+    kwargs = {"num_classes": len(SHAPE_CLASSES), "in_channels": 3, "image_size": 64}
+    path = tmp_path_factory.mktemp("shapes") / "best.safetensors"
+    save_checkpoint(path, get_model("shapes_cnn", **kwargs),
+                    {"arch": "shapes_cnn", "arch_kwargs": kwargs, "recipe": "shapes-cnn",
+                     "dataset": "shapes", "classes": list(SHAPE_CLASSES), "task": "classify",
+                     **model_defaults("shapes_cnn")})
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, shapes_ckpt) -> Path:
+    """An empty current directory, and a vistool cache that holds the demo's shapes CNN at
+    ``$VISTOOL_CACHE/shapes-cnn-v3/best.safetensors``, where ``make demo`` caches it."""
+    cache = tmp_path / "cache"
+    (cache / "shapes-cnn-v3").mkdir(parents=True)
+    shutil.copy(shapes_ckpt, cache / "shapes-cnn-v3" / "best.safetensors")
+    monkeypatch.setenv("VISTOOL_CACHE", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing pretrained cached
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_readme_line_is_run_or_listed():
+    unknown = [line for line in LINES if line not in SKIPPED and cli_argv(line) is None]
+    assert not unknown, f"README lines neither run by this test nor listed in SKIPPED: {unknown}"
+    stale = sorted(set(SKIPPED) - set(LINES))
+    assert not stale, f"SKIPPED lists lines the README no longer has: {stale}"
+    assert len(RUN) >= 10
+
+
+def test_readme_opens_with_make_demo_and_make_test():
+    first_block = README.read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    assert README.read_text().startswith("# vistool\n\n```bash\n")
+    assert shell_lines(f"```bash\n{first_block}```") == ["make demo", "make test"]
+
+
+def test_shell_lines_joins_continuations_and_drops_comments():
+    text = ("```bash\n# a comment\nvistool a --x 'y z' \\\n    --w 1   # note\n```\n"
+            "```python\nvistool not-shell\n```\n\n```bash\npython -m vistool --help\n```\n")
+    assert shell_lines(text) == ["vistool a --x 'y z' --w 1", "python -m vistool --help"]
+    assert cli_argv("python -m vistool --help") == ["--help"]
+    assert offline(["gradcam", "--model", "resnet18", "x.jpg"])[-2:] == ["--weights", "none"]
+    assert offline(["gradcam", "--model", "shapes_cnn", "x.jpg"]) == [
+        "gradcam", "--model", "shapes_cnn", "x.jpg"]
+
+
+@pytest.mark.parametrize("line", RUN, ids=RUN)
+def test_readme_line_runs(line, workdir, shapes_ckpt, capsys):
+    argv = offline(cli_argv(line))
+    write_files(argv, workdir, shapes_ckpt)
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # --help
+        status = exc.code
+    out, err = capsys.readouterr()
+    assert status == 0, f"{shlex.join(argv)} exited with {status}: {err[-2000:]}"
+    if argv[0] not in IMAGE_COMMANDS:
+        assert out.strip()
+        return
+    (run,) = (workdir / "vistool-out").iterdir()
+    info = json.loads((run / "manifest.json").read_text())
+    assert info["outputs"] and all((run / o["png"]).is_file() for o in info["outputs"])
+    model = _option(argv, "--model")
+    if model in list_models():  # a book model name: the trained checkpoint, not random weights
+        assert info["model"]["weights"].startswith("trained checkpoint"), info["model"]
+        assert "RANDOM" not in err
+    target = _option(argv, "--target")
+    if target is not None:
+        assert {o["name"] for o in info["outputs"]} == {target}
