@@ -96,8 +96,16 @@ def default_run_name(kind: str) -> str:
 
 
 def resolve_run_dir(out: str | os.PathLike | None, kind: str) -> Path:
-    """``out``, or ``vistool-out/<timestamp>-<kind>`` when it is None."""
-    return Path(out) if out is not None else Path("vistool-out") / default_run_name(kind)
+    """``out``, or a new ``vistool-out/<timestamp>-<kind>`` when it is None (``-2``, ``-3``
+    ... appended when runs start within the same second)."""
+    if out is not None:
+        return Path(out)
+    base = Path("vistool-out") / default_run_name(kind)
+    candidate, number = base, 1
+    while candidate.exists() or any(candidate.parent.glob(f".{candidate.name}.*.partial")):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
 
 
 @contextlib.contextmanager
