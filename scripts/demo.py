@@ -51,6 +51,13 @@ def run(out: Path, seed: int) -> Path:
          photo_path],
         ["gradcam", *model, "--method", "scorecam", "--out", str(out / "5-scorecam"),
          star_path, photo_path],
+        # What the last block's channels (after batch norm, before the ReLU) look for.
+        ["filters", *model, "--layer", "features.12", "--channels", "0-15", "--size", "64",
+         "--steps", "128", "--out", str(out / "6-filters")],
+        # The image each class's logit likes best.
+        ["filters", *model, *(f"--class={name}" for name in ShapesDataset.classes),
+         "--size", "64", "--steps", "128", "--out", str(out / "7-class-images")],
+        ["filters", *model, "--weights-rgb", "--out", str(out / "8-first-layer-kernels")],
     ]
     for argv in runs:
         status = vistool(argv)
