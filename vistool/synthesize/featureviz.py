@@ -60,6 +60,7 @@ class _Run:
     seed: int
     batch_size: int
     robust_samples: int
+    final_lr: float = 0.1  # the learning rate decays to this fraction of lr (cosine)
 
 
 def _generators(seed: int, targets: Sequence[int], salt: int = 0) -> list[torch.Generator]:
@@ -86,7 +87,8 @@ def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objec
             param = make_param(run.param, run.size, _generators(run.seed, chunk))
             done = optimize(loaded.model, objective, param, _generators(run.seed, chunk, 1),
                             run.steps, run.lr, run.transforms, loaded.mean, loaded.std,
-                            callback=lambda _step, _values: bar.update())
+                            callback=lambda _step, _values: bar.update(),
+                            final_lr=run.lr * run.final_lr)
             images.append(done.images.cpu())
             history.append(done.history.cpu())
             plain.append(evaluate(loaded.model, objective, done.images, loaded.mean,

@@ -53,8 +53,11 @@ def _normalisation(model: nn.Module, mean: Sequence[float], std: Sequence[float]
 def optimize(model: nn.Module, objective: Objective, param: ImageParam,
              generators: Sequence[torch.Generator], steps: int, lr: float,
              transforms: Transforms, mean: Sequence[float], std: Sequence[float],
-             callback: Callback | None = None) -> Optimized:
+             callback: Callback | None = None, final_lr: float | None = None) -> Optimized:
     """Maximise ``objective`` over the images of ``param`` for ``steps`` Adam steps.
+
+    The learning rate is ``lr`` throughout, or, with ``final_lr``, decays from ``lr`` to
+    ``final_lr`` on a cosine over the steps (the images settle into their optimum).
 
     Image ``i`` is transformed with ``generators[i]``, so with an objective that treats
     the images separately (every objective except ``diversity``) an image does not depend
@@ -64,6 +67,8 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
     param = param.to(mean_t.device)
     weights = list(param.parameters())
     optimizer = torch.optim.Adam(weights, lr=lr)
+    schedule = None if final_lr is None else torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, max(steps - 1, 1), eta_min=final_lr)
     history = []
     with preserved_state(model, eval_mode=True, frozen=True), torch.enable_grad():
         for step in range(steps):
@@ -72,6 +77,8 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
             for weight, grad in zip(weights, grads):
                 weight.grad = grad
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             history.append(values.detach())
             if callback is not None:
                 callback(step, values.detach())
