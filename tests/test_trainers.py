@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ import torch
 from PIL import Image
 
 import vistool
+import vistool.cli.train
 from trainers.data import load_data
 from trainers.models import get_model, list_models
 from trainers.recipes import RECIPES, run_recipe
@@ -188,6 +191,76 @@ def test_bad_data_gives_clear_errors(tmp_path):
         run_recipe("lenet-digit", tmp_path / "x")
 
 
+def _tree(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-data-dir", "existing-data-dir"])
+@pytest.mark.parametrize("recipe", ["lenet-mnist", "simplecnn-cifar10"])
+def test_download_offline_is_one_line_and_leaves_nothing_behind(tmp_path, capsys, monkeypatch,
+                                                                 recipe, existing):
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "new" / "data"  # neither it nor its parent exists
+    if existing:  # the user's own files, and the dataset folders, are there already
+        data_dir = tmp_path / "data"
+        (data_dir / "MNIST").mkdir(parents=True)
+        (data_dir / "MNIST" / "notes.txt").write_text("mine")
+        (data_dir / "cifar-10-batches-py").mkdir()
+    before = _tree(tmp_path)
+    assert main(["train", recipe, "--download", "--data-dir", str(data_dir), "--out",
+                 str(tmp_path / "run"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("vistool: error: ")
+    assert "download failed ([Errno -2] Name or service not known)" in err[0]
+    assert "by hand" in err[0]
+    assert "pass --download" not in err[0]
+    assert _tree(tmp_path) == before
+    if existing:
+        assert (data_dir / "MNIST" / "notes.txt").read_text() == "mine"
+
+
+def test_download_dropped_midway_removes_the_partial_file_only(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("mine")
+    partial: list = []
+
+    class Dropped:
+        """A response that sends a few bytes, then loses the connection."""
+
+        url = length = None
+
+        def __init__(self, *_args):
+            self.sent = False
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *_exc):
+            return False
+
+        def read(self, _size):
+            if self.sent:
+                partial.extend(raw.glob("*.gz"))
+                raise ConnectionResetError(104, "Connection reset by peer")
+            self.sent = True
+            return b"partial"
+
+    monkeypatch.setattr(urllib.request, "urlopen", Dropped)
+    before = _tree(tmp_path)
+    with pytest.raises(DataError, match=r"mnist download failed \(\[Errno 104\] Connection "
+                                        r"reset by peer\); put .* into .*raw' by hand"):
+        load_data("mnist", (1, 28, 28), (0.0,), (1.0,), data_dir=str(tmp_path), download=True)
+    assert partial  # the partial file was on disk ...
+    assert _tree(tmp_path) == before  # ... and is gone; the user's file stays
+    assert (raw / "notes.txt").read_text() == "mine"
+
+
 def test_lenet_digits_reaches_95_percent_and_reopens_in_vistool(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "lenet-digits", "--out", str(out), "--device", "cpu",
@@ -196,6 +269,8 @@ def test_lenet_digits_reaches_95_percent_and_reopens_in_vistool(tmp_path, capsys
     accs = [float(line.split("val_acc=")[1].split()[0]) for line in printed.splitlines()
             if "val_acc=" in line and line.startswith("epoch")]
     assert max(accs) >= 0.95
+    promised = RECIPES["lenet-digits"].expected  # what `vistool train --list` shows
+    assert max(accs) >= float(promised.split("≥")[1].split()[0])
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == RECIPES["lenet-digits"].epochs
     assert (out / "metrics.png").stat().st_size > 0

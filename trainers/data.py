@@ -12,8 +12,11 @@ kept so localisation can be measured.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,24 +77,79 @@ def _split(dataset: Dataset, seed: int, val_fraction: float) -> tuple[Dataset, D
     return Subset(dataset, order[n_val:]), Subset(dataset, order[:n_val])
 
 
+# The torchvision datasets: class, where their files go under --data-dir, which files.
+_TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw", "the four unpacked idx files (train-images-idx3-ubyte, "
+                                    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                    "t10k-labels-idx1-ubyte)"),
+    "fashion-mnist": ("FashionMNIST", "FashionMNIST/raw", "the four unpacked idx files "
+                                                          "(train-images-idx3-ubyte, ...)"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "the unpacked cifar-10-python.tar.gz "
+                                                  "(data_batch_1 ... test_batch, batches.meta)"),
+}
+
+
 def _torchvision(name: str, data_dir: Path, download: bool) -> tuple[Dataset, Dataset, list]:
     import torchvision
     from torchvision.transforms import v2
 
-    cls = {"mnist": torchvision.datasets.MNIST,
-           "fashion-mnist": torchvision.datasets.FashionMNIST,
-           "cifar10": torchvision.datasets.CIFAR10}[name]
+    class_name, folder, files = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, class_name)
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    undo = _undone_on_failure(data_dir, folder) if download else contextlib.nullcontext()
     try:
-        train = cls(str(data_dir), train=True, download=download, transform=to_tensor)
-        val = cls(str(data_dir), train=False, download=download, transform=to_tensor)
-    except RuntimeError as exc:
-        raise DataError(f"{name} not found under {str(data_dir)!r} ({exc}); pass --download, "
-                        "or --data-dir pointing at a folder that holds it") from None
-    except OSError as exc:  # a download that could not reach the network
-        raise DataError(f"{name} could not be downloaded into {str(data_dir)!r} ({exc}); "
-                        "put the files there by hand and run without --download") from None
+        with undo:
+            train = cls(str(data_dir), train=True, download=download, transform=to_tensor)
+            val = cls(str(data_dir), train=False, download=download, transform=to_tensor)
+    except (RuntimeError, OSError) as exc:  # OSError: urllib's URLError included
+        if download:
+            raise DataError(f"{name} download failed ({_reason(exc)}); put {files} into "
+                            f"{str(data_dir / folder)!r} by hand and run without --download"
+                            ) from None
+        if isinstance(exc, RuntimeError):
+            raise DataError(f"{name} not found under {str(data_dir)!r} ({exc}); pass "
+                            "--download, or --data-dir pointing at a folder that holds it"
+                            ) from None
+        raise DataError(f"{name} could not be read under {str(data_dir)!r} ({exc})") from None
     return train, val, list(train.classes)
+
+
+def _reason(exc: BaseException) -> str:
+    """The gist of a failed download, on one line: "[Errno -2] Name or service not known"."""
+    text = str(getattr(exc, "reason", exc))  # URLError keeps the cause in .reason
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return re.sub(r"^<urlopen error (.*)>$", r"\1", last)
+
+
+@contextlib.contextmanager
+def _undone_on_failure(root: Path, folder: str) -> Iterator[None]:
+    """If the body raises, remove what it created in ``root`` and in each level of
+    ``root/folder`` (and ``root`` with its parents, where they were created); what existed
+    before is never touched."""
+    levels = [root]
+    for part in Path(folder).parts:
+        levels.append(levels[-1] / part)
+    missing = [p for p in (root, *root.parents) if not p.exists()]
+    before = {level: set(os.listdir(level)) if level.is_dir() else None for level in levels}
+    try:
+        yield
+    except BaseException:
+        if missing:  # everything under the highest folder that did not exist is new
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        for level, names in before.items():
+            if not level.is_dir():
+                continue
+            if names is None:
+                shutil.rmtree(level, ignore_errors=True)
+                continue
+            for new in set(os.listdir(level)) - names:
+                path = level / new
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
 
 
 def _image_folder(root: Path, seed: int, val_fraction: float) -> tuple[Dataset, Dataset, list]:

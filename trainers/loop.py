@@ -1,5 +1,6 @@
 """One training loop for every recipe: device, AMP, channels-last, DDP, logs, checkpoints,
-resume. Read it top to bottom; there is no framework underneath.
+resume. :func:`train` is a short loop; the steps it calls follow it in the order it calls
+them. There is no framework underneath.
 
 * Devices: ``auto`` picks CUDA, then MPS, then CPU. Under ``torchrun`` each process takes
   ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo); data is split with a distributed sampler,
@@ -22,7 +23,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,59 @@ def _grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     return make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
 
 
+@dataclass
+class _Run:
+    """Everything one run holds: what it was given, what setup built, and the history."""
+
+    task: Task
+    config: TrainConfig
+    out_dir: Path
+    metadata: dict[str, Any]
+    log: Callable[[str], None]
+    rank: int
+    world: int
+    device: torch.device
+    channels_last: bool
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    history: list[dict] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    initial: dict[str, Any] | None = None
+    start_epoch: int = 1
+    sample_batch: torch.Tensor | None = None
+
+    @property
+    def main(self) -> bool:
+        """Only the first process logs and writes."""
+        return self.rank == 0
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "last-state.pt"
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward pass, gradient clipping and optimiser step (scaled under fp16 AMP)."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if self.config.grad_clip:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+
 def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
           metadata: dict[str, Any], resume: bool = False,
           log=None) -> dict[str, Any]:
@@ -136,9 +191,34 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
     ``metadata`` (arch, arch_kwargs, classes, input_size, mean, std, dataset, recipe) goes
     into every checkpoint with the epoch, metrics, config and seed.
     """
+    run = _setup(task, data, config, out_dir, metadata,
+                 log or (lambda line: print(line, flush=True)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        _resume(run)
+    if run.start_epoch == 1:  # the untrained model's validation metrics, for comparison
+        run.initial = _validate(run)
+    for epoch in range(run.start_epoch, config.epochs + 1):
+        metrics = _run_epoch(run, epoch)
+        run.history.append(metrics)
+        better = _improves(task, metrics, run.best)
+        if better:
+            run.best = metrics
+        if run.main:
+            _save_state(run, epoch)  # everything --resume needs, in one file
+            _save_outputs(run, epoch, metrics, better)
+        if run.world > 1:
+            dist.barrier()
+    task.model.eval()
+    if run.main:
+        _write_manifest(run, data)
+    return _result(run)
+
+
+def _setup(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
+           metadata: dict[str, Any], log: Callable[[str], None]) -> _Run:
+    """Processes and device, seed, model on its device, optimisers, AMP, loaders."""
     rank, world, local_rank = _distributed()
-    main = rank == 0
-    log = log or (lambda line: print(line, flush=True))
     if config.device == "auto" and world > 1 and torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
     else:
@@ -149,9 +229,27 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
         raise VistoolError(f"--batch-size {config.batch_size} is not divisible by the "
                            f"{world} processes")
     torch.manual_seed(config.seed)
+    channels_last = _place_model(task, device, world, config.channels_last)
+    optimizers = task.build_optimizers()
+    autocast, scaler = _autocast_factory(device, config.amp)
+    sampler, train_loader, val_loader = _loaders(data, config, rank, world, device)
+    total = config.epochs * len(train_loader)
+    schedulers = [s for s in (_scheduler(config.schedule, opt, total) for opt in optimizers)
+                  if s is not None]
+    return _Run(task=task, config=config, out_dir=out_dir, metadata=metadata, log=log,
+                rank=rank, world=world, device=device, channels_last=channels_last,
+                optimizers=optimizers, schedulers=schedulers, autocast=autocast,
+                scaler=scaler, sampler=sampler, train_loader=train_loader,
+                val_loader=val_loader)
+
+
+def _place_model(task: Task, device: torch.device, world: int,
+                 channels_last: bool | None) -> bool:
+    """Move the task's model to ``device`` (channels-last: None means on for CUDA), have
+    the task wrap its trainable modules in DDP when there are several processes."""
     model = task.model.to(device)
-    channels_last = config.channels_last if config.channels_last is not None else (
-        device.type == "cuda")
+    if channels_last is None:
+        channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if world > 1:
@@ -161,9 +259,12 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
         task.wrap = lambda m: DDP(m, device_ids=ids) if any(
             p.requires_grad for p in m.parameters()) else m
     task.prepare()
-    optimizers = task.build_optimizers()
-    autocast, scaler = _autocast_factory(device, config.amp)
+    return channels_last
 
+
+def _loaders(data: DataSpec, config: TrainConfig, rank: int, world: int,
+             device: torch.device) -> tuple[DistributedSampler, DataLoader, DataLoader]:
+    """The seeded sampler and the train/validation loaders of this process."""
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
     per_rank = config.batch_size // world
@@ -172,145 +273,158 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
     train_loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True,
                               **loader_kw)
     val_loader = DataLoader(data.val, batch_size=max(per_rank, 256), **loader_kw)
-    steps = len(train_loader)
-    if steps == 0:
+    if len(train_loader) == 0:
         raise VistoolError(f"the training set has {len(data.train)} images, fewer than one "
                            f"batch of {config.batch_size}; lower --batch-size")
-    schedulers = [s for s in (_scheduler(config.schedule, opt, config.epochs * steps)
-                              for opt in optimizers) if s is not None]
+    return sampler, train_loader, val_loader
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / "last-state.pt"
-    history: list[dict] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 1
-    if resume and state_path.is_file():
-        from vistool.core.checkpoint import apply_state_dict
 
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        apply_state_dict(model, state["model"], str(state_path))
-        for opt, sd in zip(optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-        for sched, sd in zip(schedulers, state["schedulers"]):
-            sched.load_state_dict(sd)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history, best, initial = state["history"], state["best"], state["initial"]
-        start_epoch = state["epoch"] + 1
-        if main:
-            log(f"resuming {out_dir} at epoch {start_epoch}")
-    elif resume and main:
-        log(f"nothing to resume in {out_dir}; starting from scratch")
-    if start_epoch == 1:  # the untrained model's validation metrics, for comparison
-        initial = task.evaluate(val_loader, device, autocast)
+def _resume(run: _Run) -> None:
+    """Restore weights, optimisers, schedulers, scaler, RNG and history from the state of
+    the last completed epoch, if there is one."""
+    if not run.state_path.is_file():
+        if run.main:
+            run.log(f"nothing to resume in {run.out_dir}; starting from scratch")
+        return
+    from vistool.core.checkpoint import apply_state_dict
 
-    def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if config.grad_clip:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+    state = torch.load(run.state_path, map_location="cpu", weights_only=True)
+    apply_state_dict(run.task.model, state["model"], str(run.state_path))
+    for opt, sd in zip(run.optimizers, state["optimizers"]):
+        opt.load_state_dict(sd)
+    for sched, sd in zip(run.schedulers, state["schedulers"]):
+        sched.load_state_dict(sd)
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    if run.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    run.history, run.best, run.initial = state["history"], state["best"], state["initial"]
+    run.start_epoch = state["epoch"] + 1
+    if run.main:
+        run.log(f"resuming {run.out_dir} at epoch {run.start_epoch}")
 
-    sample_batch = None
-    for epoch in range(start_epoch, config.epochs + 1):
-        sampler.set_epoch(epoch)
-        model.train()
-        started = time.perf_counter()
-        totals: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        step_losses = []
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   disable=not (config.progress and main), file=sys.stderr)
-        for x, y in bar:
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if sample_batch is None:
-                sample_batch = x[:8].detach().clone()
-            values = task.step(x, y, optimizers, backward, autocast)
-            for sched in schedulers:
-                sched.step()
-            for key, value in values.items():
-                totals[key] = totals.get(key, 0.0) + value
-                counts[key] = counts.get(key, 0) + 1
-            step_losses.append(values["loss"])
-            bar.set_postfix(loss=f"{values['loss']:.4f}")
-        train_seconds = time.perf_counter() - started
-        if world > 1:  # average the epoch's training losses over the processes
-            keys = sorted(totals)
-            packed = torch.tensor([totals[k] / counts[k] for k in keys], dtype=torch.float64,
-                                  device=device)
-            dist.all_reduce(packed)
-            totals = {k: float(v) / world for k, v in zip(keys, packed)}
-            counts = dict.fromkeys(keys, 1)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": totals["loss"] / counts["loss"]}
-        metrics.update({f"train_{k}": v / counts[k] for k, v in totals.items() if k != "loss"})
-        metrics.update(task.evaluate(val_loader, device, autocast))
-        metrics["seconds"] = round(time.perf_counter() - started, 3)
-        metrics["samples_per_s"] = round(steps * config.batch_size / train_seconds, 1)
-        quarter = max(1, len(step_losses) // 4)  # loss over the first and last quarter
-        metrics["first_steps_loss"] = sum(step_losses[:quarter]) / quarter
-        metrics["last_steps_loss"] = sum(step_losses[-quarter:]) / quarter
-        history.append(metrics)
-        better = best is None or (
-            metrics[task.monitor] > best[task.monitor] if task.mode == "max"
-            else metrics[task.monitor] < best[task.monitor])
-        if better:
-            best = metrics
-        if main:
-            # The resume state comes first, in one file: weights, optimisers, schedulers,
-            # scaler, RNG and history of the same epoch, so a kill never mixes epochs.
-            state = {"epoch": epoch, "model": model.state_dict(),
-                     "optimizers": [o.state_dict() for o in optimizers],
-                     "schedulers": [s.state_dict() for s in schedulers],
-                     "scaler": scaler.state_dict() if scaler is not None else None,
-                     "rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                     else None,
-                     "history": history, "best": best, "initial": initial}
-            with atomic_path(state_path) as tmp:
-                torch.save(state, tmp)
-            meta = {**metadata, "epoch": epoch, "metrics": metrics, "seed": config.seed,
-                    "config": asdict(config), "world_size": world}
-            save_checkpoint(out_dir / "last.safetensors", model, meta)
-            if better:
-                save_checkpoint(out_dir / "best.safetensors", model, meta)
-            samples = task.samples(sample_batch) if sample_batch is not None else None
-            if samples is not None:
-                save_png(out_dir / f"samples-epoch{epoch:03d}.png", _grid(samples))
-            with atomic_path(out_dir / "metrics.jsonl") as tmp:
-                tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-            _plot(history, out_dir / "metrics.png")
-            shown = " ".join(f"{k}={metrics[k]:.4f}" for k in
-                             ("train_loss", "val_loss", "val_acc") if k in metrics)
-            log(f"epoch {epoch}/{config.epochs}: {shown}")
-        if world > 1:
-            dist.barrier()
-    model.eval()
-    if main:
-        from vistool.outputs import manifest, save_json
 
-        save_json(out_dir / "manifest.json", manifest(
-            "train", [data.name], {**asdict(config), "world_size": world}, sorted(
-                p.name for p in out_dir.iterdir() if not p.name.startswith(".")),
-            seed=config.seed, timings={"seconds": round(sum(h["seconds"] for h in history), 3)},
-            recipe=metadata.get("recipe"), best=best))
-    result = dict(best or {})
-    result["history"] = history
-    result["initial"] = initial
+def _validate(run: _Run) -> dict[str, float]:
+    return run.task.evaluate(run.val_loader, run.device, run.autocast)
+
+
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train one epoch, then validate; returns the epoch's row of ``metrics.jsonl``."""
+    started = time.perf_counter()
+    means, step_losses = _train_steps(run, epoch)
+    train_seconds = time.perf_counter() - started
+    means = _average_over_processes(run, means)
+    metrics: dict[str, Any] = {"epoch": epoch, "train_loss": means["loss"]}
+    metrics.update({f"train_{k}": v for k, v in means.items() if k != "loss"})
+    metrics.update(_validate(run))
+    metrics["seconds"] = round(time.perf_counter() - started, 3)
+    samples = len(run.train_loader) * run.config.batch_size
+    metrics["samples_per_s"] = round(samples / train_seconds, 1)
+    quarter = max(1, len(step_losses) // 4)  # loss over the first and last quarter
+    metrics["first_steps_loss"] = sum(step_losses[:quarter]) / quarter
+    metrics["last_steps_loss"] = sum(step_losses[-quarter:]) / quarter
+    return metrics
+
+
+def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
+    """One pass over this process's share of the training set; returns the mean of every
+    value ``task.step`` reports, and the loss of every step."""
+    run.sampler.set_epoch(epoch)  # the order depends only on the seed and the epoch
+    run.task.model.train()
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    step_losses = []
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{run.config.epochs}", leave=False,
+               disable=not (run.config.progress and run.main), file=sys.stderr)
+    for x, y in bar:
+        x = x.to(run.device, non_blocking=True)
+        y = y.to(run.device, non_blocking=True)
+        if run.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if run.sample_batch is None:
+            run.sample_batch = x[:8].detach().clone()
+        values = run.task.step(x, y, run.optimizers, run.backward, run.autocast)
+        for sched in run.schedulers:
+            sched.step()
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
+        step_losses.append(values["loss"])
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+    return {k: v / counts[k] for k, v in totals.items()}, step_losses
+
+
+def _average_over_processes(run: _Run, means: dict[str, float]) -> dict[str, float]:
+    """The mean of each process's ``means`` (unchanged in a 1-process run)."""
+    if run.world == 1:
+        return means
+    keys = sorted(means)
+    packed = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=run.device)
+    dist.all_reduce(packed)
+    return {k: float(v) / run.world for k, v in zip(keys, packed)}
+
+
+def _improves(task: Task, metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether ``metrics`` beats ``best`` on the task's monitored validation metric."""
+    if best is None:
+        return True
+    if task.mode == "max":
+        return metrics[task.monitor] > best[task.monitor]
+    return metrics[task.monitor] < best[task.monitor]
+
+
+def _save_state(run: _Run, epoch: int) -> None:
+    """``last-state.pt``: weights, optimisers, schedulers, scaler, RNG and history of the
+    same epoch in one atomically written file, so a kill never mixes epochs."""
+    cuda = run.device.type == "cuda"
+    state = {"epoch": epoch, "model": run.task.model.state_dict(),
+             "optimizers": [o.state_dict() for o in run.optimizers],
+             "schedulers": [s.state_dict() for s in run.schedulers],
+             "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+             "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state(run.device) if cuda else None,
+             "history": run.history, "best": run.best, "initial": run.initial}
+    with atomic_path(run.state_path) as tmp:
+        torch.save(state, tmp)
+
+
+def _save_outputs(run: _Run, epoch: int, metrics: dict[str, Any], better: bool) -> None:
+    """Checkpoints (``last``, and ``best`` when ``better``), the sample grid,
+    ``metrics.jsonl``, ``metrics.png`` and the epoch's log line."""
+    out_dir, model = run.out_dir, run.task.model
+    meta = {**run.metadata, "epoch": epoch, "metrics": metrics, "seed": run.config.seed,
+            "config": asdict(run.config), "world_size": run.world}
+    save_checkpoint(out_dir / "last.safetensors", model, meta)
+    if better:
+        save_checkpoint(out_dir / "best.safetensors", model, meta)
+    samples = run.task.samples(run.sample_batch) if run.sample_batch is not None else None
+    if samples is not None:
+        save_png(out_dir / f"samples-epoch{epoch:03d}.png", _grid(samples))
+    with atomic_path(out_dir / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in run.history))
+    _plot(run.history, out_dir / "metrics.png")
+    shown = " ".join(f"{k}={metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_acc")
+                     if k in metrics)
+    run.log(f"epoch {epoch}/{run.config.epochs}: {shown}")
+
+
+def _write_manifest(run: _Run, data: DataSpec) -> None:
+    from vistool.outputs import manifest, save_json
+
+    outputs = sorted(p.name for p in run.out_dir.iterdir() if not p.name.startswith("."))
+    seconds = round(sum(h["seconds"] for h in run.history), 3)
+    save_json(run.out_dir / "manifest.json", manifest(
+        "train", [data.name], {**asdict(run.config), "world_size": run.world}, outputs,
+        seed=run.config.seed, timings={"seconds": seconds},
+        recipe=run.metadata.get("recipe"), best=run.best))
+
+
+def _result(run: _Run) -> dict[str, Any]:
+    """The best epoch's metrics with ``history`` and ``initial``; refuses a diverged run."""
+    result = dict(run.best or {})
+    result["history"] = run.history
+    result["initial"] = run.initial
     if not math.isfinite(result.get("train_loss", 0.0)):
         raise VistoolError("training diverged (loss is not finite); lower --lr")
     return result
