@@ -89,3 +89,66 @@ def test_unknown_method_and_unsupported_smoothing():
     with pytest.raises(VistoolError, match="not available for guided-gradcam"):
         attribute(nn.Sequential(nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(32, 2)), x,
                   "guided-gradcam", layer="0", smooth=2)
+
+
+def test_progress_bar_on_stderr_with_the_same_attributions(capfd):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    quiet = attribute(model, x, "ig", smooth=2, steps=8, batch_size=4, seed=5)
+    assert capfd.readouterr().err == ""
+    shown = attribute(model, x, "ig", smooth=2, steps=8, batch_size=4, seed=5, progress=True)
+    err = capfd.readouterr().err
+    assert torch.equal(shown.raw, quiet.raw)
+    assert torch.equal(shown.maps, quiet.maps)
+    assert "ig:" in err
+    assert "/16" in err  # 8 steps x 2 noisy samples per image
+
+
+@pytest.mark.parametrize(("method", "smooth", "total"),
+                         [("ig", 0, 6), ("ig", 3, 18), ("occlusion", 0, 1 + 3 * 2),
+                          ("occlusion", 2, 2 * (1 + 3 * 2)), ("saliency", 4, 4)])
+def test_progress_bar_counts_every_forward_pass(monkeypatch, method, smooth, total):
+    from tqdm import tqdm
+
+    from vistool.explainers import attribution
+
+    bars = []
+
+    class Recording(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(attribution, "tqdm", Recording)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.randn(3, 3, 10, 7)  # occlusion 4x4 patches, stride 3: 3 x 2 positions
+    attribute(model, x, method, smooth=smooth, steps=6, window=4, stride=3, batch_size=3,
+              progress=True)
+    assert [(bar.n, bar.total) for bar in bars] == [(total, total)]
+    attribute(model, x, "saliency", progress=True)  # fast: no bar
+    assert bars[-1].disable
+    assert bars[-1].n == 0
+
+
+def test_attribute_cli_shows_progress_unless_json(capsys, tmp_path):
+    from PIL import Image
+
+    from trainers.models import get_model
+    from vistool.cli import main
+    from vistool.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "best.safetensors"
+    save_checkpoint(ckpt, get_model("shapes_cnn", num_classes=3, width=4),
+                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
+                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
+                     "mean": [0.5] * 3, "std": [0.25] * 3})
+    image = tmp_path / "one.png"
+    Image.fromarray(torch.randint(0, 255, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
+    argv = ["attribute", "--model", str(ckpt), "--method", "ig", "--steps", "4", "--smooth",
+            "2", str(image)]
+    assert main([*argv, "--out", str(tmp_path / "shown")]) == 0
+    assert "ig:" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--json"]) == 0
+    assert "ig:" not in capsys.readouterr().err

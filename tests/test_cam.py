@@ -281,3 +281,32 @@ def test_model_unchanged_after_every_method_also_when_raising(method):
     for (rg0, g0), (rg1, g1) in zip(before[2], after[2]):
         assert rg0 == rg1
         assert (g0 is None and g1 is None) or torch.equal(g0, g1)
+
+
+def test_gradient_methods_cost_one_forward_and_the_closed_form_no_backward(monkeypatch):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    explain(model, x, "gradcam", layer="layer4")  # probes the head (cached per model)
+    forwards, backwards = [], []
+    real_grad = torch.autograd.grad
+
+    def counted_grad(*args, **kwargs):
+        backwards.append(1)
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted_grad)
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        for method in ("gradcam", "gradcam++", "layercam"):
+            forwards.clear()
+            backwards.clear()
+            generic = explain(model, x, method, topk=2, layer="layer4", closed_form=False)
+            assert not generic.closed_form
+            assert (len(forwards), len(backwards)) == (1, 2)  # one backward per explained class
+            forwards.clear()
+            backwards.clear()
+            assert explain(model, x, method, topk=2, layer="layer4").closed_form
+            assert (len(forwards), len(backwards)) == (1, 0)
+    finally:
+        handle.remove()

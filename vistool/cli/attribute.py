@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
         result = attribute(loaded, batch, args.method, targets=target, layer=layers[0],
                            smooth=args.smooth, noise=args.noise, steps=args.steps,
-                           window=args.window, stride=args.stride, seed=args.seed)
+                           window=args.window, stride=args.stride, seed=args.seed,
+                           progress=not args.json)
         return result, {"input": result.raw}  # (N, C, H, W)
 
     options = {"smooth": args.smooth, "noise": args.noise, "steps": args.steps,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..core.errors import TargetError, VistoolError
+from ..core.errors import TargetError, VistoolError, suggestion
 from ..core.hooks import record, replaced_output
 from ..core.layers import default_layer as find_default_layer
 from ..core.state import preserved_state
@@ -75,6 +75,25 @@ class CamResult:
     layers: list[str]
     method: str
     closed_form: bool
+
+
+@dataclass
+class _Context:
+    """What every method's map function gets: the request and one forward pass's results."""
+
+    net: nn.Module
+    images: torch.Tensor
+    method: str
+    layers: list[str]
+    acts: dict[str, torch.Tensor]  # per layer (N, K, h, w), in the graph for the gradients
+    index: torch.Tensor | None  # class indices (N, k); None for a callable target
+    scores: torch.Tensor  # the explained outputs (N, k)
+    logits: torch.Tensor
+    heads: dict[str, nn.Linear | None]  # the probed GAP + linear heads; empty if not probed
+    closed_form: bool  # every layer has a head: gradients in closed form
+    batch_size: int
+    channels: int | None
+    progress: bool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,18 +230,18 @@ def _select_channels(act: torch.Tensor, channels: int | None) -> torch.Tensor:
     return act.flatten(1).var(1).topk(channels).indices
 
 
-def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: torch.Tensor,
-              batch_size: int, channels: int | None, progress: bool) -> torch.Tensor:
+def _scorecam(ctx: _Context, act: torch.Tensor) -> torch.Tensor:
     """Score-CAM: weight channels by the softmax over channels of the target logits of the
     input masked by each upsampled, min-max scaled channel. Masked forwards are batched;
     constant channels share one forward (their mask is zero)."""
+    images, targets, channels = ctx.images, ctx.index, ctx.channels
     n, k_targets = targets.shape
-    net = inference_copy(net, fuse=True, sample=images[:1])
-    batch_size = many_forwards_batch(net, images, batch_size)
+    net = inference_copy(ctx.net, fuse=True, sample=images[:1])
+    batch_size = many_forwards_batch(net, images, ctx.batch_size)
     out = act.new_zeros((n, k_targets, *act.shape[2:]))
     size = images.shape[2:]
     bar = tqdm(total=n * act.shape[1] if channels is None else n * min(channels, act.shape[1]),
-               desc="score-cam", disable=not progress, leave=False)
+               desc="score-cam", disable=not ctx.progress, leave=False)
     for i in range(n):
         chosen = _select_channels(act[i], channels)
         a = act[i, chosen]  # (K', h, w)
@@ -254,20 +273,20 @@ def _scorecam(net: nn.Module, images: torch.Tensor, act: torch.Tensor, targets: 
     return out
 
 
-def _ablationcam(net: nn.Module, images: torch.Tensor, layer: str, act: torch.Tensor,
-                 logits: torch.Tensor, targets: torch.Tensor, head: nn.Linear | None,
-                 batch_size: int, progress: bool) -> torch.Tensor:
+def _ablationcam(ctx: _Context, layer: str, act: torch.Tensor) -> torch.Tensor:
     """Ablation-CAM: weight channel c by the relative drop of the target score when channel c
     of the layer output is zeroed. With a GAP + linear head the drop is W[t, c] * mean(A_c)."""
     n, k_channels = act.shape[:2]
-    base = logits.gather(1, targets)  # (N, k)
+    images, targets, head = ctx.images, ctx.index, ctx.heads.get(layer)
+    base = ctx.logits.gather(1, targets)  # (N, k)
     if head is not None:
         drops = head.weight[targets] * act.mean((2, 3))[:, None, :]  # (N, k, K)
     else:
-        net = inference_copy(net, fuse=False)
-        batch_size = many_forwards_batch(net, images, batch_size)
+        net = inference_copy(ctx.net, fuse=False)
+        batch_size = many_forwards_batch(net, images, ctx.batch_size)
         drops = act.new_empty((n, targets.shape[1], k_channels))
-        bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not progress, leave=False)
+        bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not ctx.progress,
+                   leave=False)
         for i in range(n):
             for start in range(0, k_channels, batch_size):
                 chans = torch.arange(start, min(start + batch_size, k_channels),
@@ -285,12 +304,170 @@ def _ablationcam(net: nn.Module, images: torch.Tensor, layer: str, act: torch.Te
 
 
 # ---------------------------------------------------------------------------------------------
+# One function per method, all with one signature: the context in, the raw map per layer out
+
+
+def _closed_form_gradients(ctx: _Context) -> dict[str, torch.Tensor]:
+    """d score / d A per layer from the GAP + linear head, (N, k, K, 1, 1): W[target] / (h * w),
+    no backward pass."""
+    grads = {}
+    for name in ctx.layers:
+        h, w = ctx.acts[name].shape[2:]
+        grads[name] = (ctx.heads[name].weight[ctx.index] / (h * w))[..., None, None].detach()
+    return grads
+
+
+def _autograd_gradients(ctx: _Context) -> dict[str, torch.Tensor]:
+    """d score / d A per layer, (N, k, K, h, w): one ``autograd.grad`` per target to all
+    layers at once."""
+    scores, layers = ctx.scores, ctx.layers
+    per_target = []
+    for j in range(scores.shape[1]):
+        found = torch.autograd.grad(
+            scores[:, j].sum(), [ctx.acts[n] for n in layers],
+            retain_graph=j < scores.shape[1] - 1, allow_unused=True
+        ) if scores.requires_grad else [None] * len(layers)
+        # A score that does not depend on a layer has zero gradient there.
+        per_target.append([torch.zeros_like(ctx.acts[n]) if g is None else g
+                           for g, n in zip(found, layers)])
+    return {n: torch.stack([g[i] for g in per_target], 1) for i, n in enumerate(layers)}
+
+
+def _gradient_maps(ctx: _Context) -> dict[str, torch.Tensor]:
+    """CAM and the gradient methods: a map from the activations and their gradients."""
+    grads = _closed_form_gradients(ctx) if ctx.closed_form else _autograd_gradients(ctx)
+    return {name: _from_gradients(ctx.method, ctx.acts[name].detach(), grads[name].detach())
+            for name in ctx.layers}
+
+
+def _eigencam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
+    k = ctx.scores.shape[1]
+    return {name: _eigencam(ctx.acts[name].detach()).expand(-1, k, -1, -1)
+            for name in ctx.layers}
+
+
+def _scorecam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
+    return {name: _scorecam(ctx, ctx.acts[name].detach()) for name in ctx.layers}
+
+
+def _ablationcam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
+    return {name: _ablationcam(ctx, name, ctx.acts[name].detach()) for name in ctx.layers}
+
+
+_MAPS: dict[str, Callable[[_Context], dict[str, torch.Tensor]]] = {
+    "cam": _gradient_maps,
+    **dict.fromkeys(GRADIENT_METHODS, _gradient_maps),
+    "scorecam": _scorecam_maps,
+    "eigencam": _eigencam_maps,
+    "ablationcam": _ablationcam_maps,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# explain(): check the request, probe the head, one forward pass, the method's maps, the result
+
+
+def _layer_names(model: LoadedModel | nn.Module, net: nn.Module, images: torch.Tensor,
+                 layer: str | Sequence[str] | None) -> list[str]:
+    if layer is None:
+        shape = tuple(images.shape[1:])
+        layer = (model.default_layer if isinstance(model, LoadedModel) else _cached(
+            net, ("default_layer", shape), lambda: find_default_layer(net, shape)))
+    return [layer] if isinstance(layer, str) else list(layer)
+
+
+def _check_request(method: str, images: torch.Tensor, targets: Targets,
+                   topk: int | None) -> None:
+    if images.dim() != 4:
+        raise VistoolError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    if callable(targets) and topk is not None:
+        raise TargetError("topk needs class indices, not a callable target")
+    if callable(targets) and method in ("cam", "ablationcam", "scorecam"):
+        raise TargetError(f"{method} needs class indices, not a callable target")
+
+
+def _heads(net: nn.Module, images: torch.Tensor, layers: list[str], method: str,
+           closed_form: bool | None, targets: Targets) -> tuple[dict[str, nn.Linear | None], bool]:
+    """The probed GAP + linear head per layer (empty when not probed; Ablation-CAM uses each
+    one found) and whether the closed form applies to every layer."""
+    if not (method == "cam" or (closed_form is not False and not callable(targets)
+                                and method in (*GRADIENT_METHODS, "ablationcam"))):
+        return {}, False
+    heads = {name: linear_head(net, name, images) for name in layers}
+    missing = [name for name, head in heads.items() if head is None]
+    if missing and (method == "cam" or closed_form):
+        raise VistoolError(
+            f"layer {missing[0]!r} is not followed by global average pooling and a "
+            "linear classifier alone, so CAM's closed form does not apply; use gradcam")
+    return heads, not missing
+
+
+def _scores(output: torch.Tensor, targets: Targets, topk: int | None,
+            n: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The explained class indices (N, k) (None for a callable target), their scores (N, k)
+    and the logits (the detached output)."""
+    if callable(targets):
+        scores = targets(output)
+        if scores.shape != (n,):
+            raise TargetError(f"the target callable returned shape {tuple(scores.shape)}; "
+                              f"it must return one score per image ({n},)")
+        return None, scores[:, None], output.detach()
+    if output.dim() != 2:
+        raise TargetError(f"the model output has shape {tuple(output.shape)}; give a "
+                          "callable target that returns one score per image")
+    logits = output.detach()
+    index = _resolve_targets(targets, logits, topk)
+    return index, output.gather(1, index), logits
+
+
+def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: Targets,
+             topk: int | None, gradients: bool) -> tuple[dict[str, torch.Tensor],
+                                                        torch.Tensor | None, torch.Tensor,
+                                                        torch.Tensor]:
+    """One forward pass: the layers' outputs (in the autograd graph with ``gradients``),
+    the class indices, the scores and the logits."""
+    with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec:
+        output = net(images)
+    index, scores, logits = _scores(output, targets, topk, images.shape[0])
+    missing = [name for name in layers if name not in rec]
+    if missing:
+        raise VistoolError(f"layer {missing[0]!r} did not run in the forward pass; "
+                           "pick a layer that 'vistool layers' lists with a shape")
+    acts = {name: rec[name] for name in layers}
+    for name, act in acts.items():
+        if not isinstance(act, torch.Tensor) or act.dim() != 4:
+            raise VistoolError(f"layer {name!r} outputs {type(act).__name__} of shape "
+                               f"{tuple(getattr(act, 'shape', ()))}; CAMs need (N, C, H, W)")
+    return acts, index, scores, logits
 
 
 def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     n, k, h, w = raw.shape
     return F.interpolate(raw.reshape(n * k, 1, h, w).float(), size=tuple(size), mode="bilinear",
                          align_corners=False).reshape(n, k, *size)
+
+
+def _result(ctx: _Context, raw: dict[str, torch.Tensor], topk: int | None) -> CamResult:
+    """Fuse the per-layer maps at input resolution, warn about constant ones (for the caller
+    of :func:`explain`) and drop the k axis without ``topk``."""
+    size = ctx.images.shape[2:]
+    fused = torch.stack([normalize(_upsample(r, size)) for r in raw.values()]).mean(0)
+    maps = normalize(fused) if len(raw) > 1 else fused
+    constant = sum(int((r.flatten(2).amax(-1) == r.flatten(2).amin(-1)).sum())
+                   for r in raw.values())
+    if constant:
+        warnings.warn(f"{ctx.method}: {constant} map(s) are constant (e.g. zero gradients) "
+                      "and are returned as zeros", ConstantMapWarning, stacklevel=3)
+    index = ctx.index
+    probs = None if index is None else ctx.logits.softmax(1).gather(1, index)
+
+    def first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t[:, 0] if topk is None and t is not None else t
+
+    return CamResult(maps=first(maps), raw={n: first(r) for n, r in raw.items()},
+                     targets=first(index), scores=first(ctx.scores.detach()), probs=first(probs),
+                     logits=ctx.logits, layers=ctx.layers, method=ctx.method,
+                     closed_form=ctx.closed_form)
 
 
 def explain(
@@ -335,115 +512,18 @@ def explain(
         VistoolError: an unknown method, ``cam`` on a model without a GAP + linear head.
     """
     if method not in CAM_METHODS:
-        from ..core.errors import suggestion
-
         raise VistoolError(f"unknown CAM method {method!r}" + suggestion(method, CAM_METHODS,
                                                                             "methods"))
     net = model.model if isinstance(model, LoadedModel) else model
-    if layer is None:
-        shape = tuple(images.shape[1:])
-        layer = (model.default_layer if isinstance(model, LoadedModel) else _cached(
-            net, ("default_layer", shape), lambda: find_default_layer(net, shape)))
-    layers = [layer] if isinstance(layer, str) else list(layer)
-    if images.dim() != 4:
-        raise VistoolError(f"expected a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    callable_target = callable(targets)
-    if callable_target and topk is not None:
-        raise TargetError("topk needs class indices, not a callable target")
-    if callable_target and method in ("cam", "ablationcam", "scorecam"):
-        raise TargetError(f"{method} needs class indices, not a callable target")
-
+    layers = _layer_names(model, net, images, layer)
+    _check_request(method, images, targets, topk)
     with preserved_state(net, eval_mode=True, frozen=True):
-        heads = {}
-        use_closed = method == "cam" or (closed_form is not False and not callable_target
-                                         and method in (*GRADIENT_METHODS, "ablationcam"))
-        if use_closed:
-            heads = {name: linear_head(net, name, images) for name in layers}
-            missing = [name for name, head in heads.items() if head is None]
-            if missing and (method == "cam" or closed_form):
-                raise VistoolError(
-                    f"layer {missing[0]!r} is not followed by global average pooling and a "
-                    "linear classifier alone, so CAM's closed form does not apply; use gradcam")
-            use_closed = not missing
-        needs_grad = method in GRADIENT_METHODS and not use_closed
-        with torch.set_grad_enabled(needs_grad), record(net, layers, gradients=needs_grad) as rec:
-            output = net(images)
-        if callable_target:
-            scores = targets(output)
-            if scores.shape != (images.shape[0],):
-                raise TargetError(f"the target callable returned shape {tuple(scores.shape)}; "
-                                  f"it must return one score per image ({images.shape[0]},)")
-            scores = scores[:, None]
-            index = None
-            logits = output.detach()
-        else:
-            if output.dim() != 2:
-                raise TargetError(f"the model output has shape {tuple(output.shape)}; give a "
-                                  "callable target that returns one score per image")
-            logits = output.detach()
-            index = _resolve_targets(targets, logits, topk)
-            scores = output.gather(1, index)
-        missing_layers = [name for name in layers if name not in rec]
-        if missing_layers:
-            raise VistoolError(f"layer {missing_layers[0]!r} did not run in the forward pass; "
-                               "pick a layer that 'vistool layers' lists with a shape")
-        acts = {name: rec[name] for name in layers}
-        for name, act in acts.items():
-            if not isinstance(act, torch.Tensor) or act.dim() != 4:
-                raise VistoolError(f"layer {name!r} outputs {type(act).__name__} of shape "
-                                   f"{tuple(getattr(act, 'shape', ()))}; CAMs need (N, C, H, W)")
-
-        grads: dict[str, torch.Tensor] = {}
-        if method in GRADIENT_METHODS or method == "cam":
-            if use_closed:
-                for name, act in acts.items():
-                    h, w = act.shape[2:]
-                    grads[name] = (heads[name].weight[index] / (h * w))[..., None, None].detach()
-            else:
-                per_target = []
-                for j in range(scores.shape[1]):
-                    found = torch.autograd.grad(
-                        scores[:, j].sum(), [acts[n] for n in layers],
-                        retain_graph=j < scores.shape[1] - 1, allow_unused=True
-                    ) if scores.requires_grad else [None] * len(layers)
-                    # A score that does not depend on a layer has zero gradient there.
-                    per_target.append([torch.zeros_like(acts[n]) if g is None else g
-                                       for g, n in zip(found, layers)])
-                grads = {n: torch.stack([g[i] for g in per_target], 1)
-                         for i, n in enumerate(layers)}
-
-        raw: dict[str, torch.Tensor] = {}
-        for name in layers:
-            act = acts[name].detach()
-            if method in GRADIENT_METHODS or method == "cam":
-                raw[name] = _from_gradients(method, act, grads[name].detach())
-            elif method == "eigencam":
-                raw[name] = _eigencam(act).expand(-1, scores.shape[1], -1, -1)
-            elif method == "scorecam":
-                raw[name] = _scorecam(net, images, act, index, batch_size, channels, progress)
-            else:
-                raw[name] = _ablationcam(net, images, name, act, logits, index,
-                                         heads.get(name), batch_size, progress)
-
-    size = images.shape[2:]
-    fused = torch.stack([normalize(_upsample(r, size)) for r in raw.values()]).mean(0)
-    maps = normalize(fused) if len(raw) > 1 else fused
-    constant = sum(int((r.flatten(2).amax(-1) == r.flatten(2).amin(-1)).sum())
-                   for r in raw.values())
-    if constant:
-        warnings.warn(f"{method}: {constant} map(s) are constant (e.g. zero gradients) "
-                      "and are returned as zeros", ConstantMapWarning, stacklevel=2)
-    probs = None if index is None else logits.softmax(1).gather(1, index)
-    squeeze = topk is None
-    return CamResult(
-        maps=maps[:, 0] if squeeze else maps,
-        raw={n: (r[:, 0] if squeeze else r) for n, r in raw.items()},
-        targets=None if index is None else (index[:, 0] if squeeze else index),
-        scores=scores.detach()[:, 0] if squeeze else scores.detach(),
-        probs=None if probs is None else (probs[:, 0] if squeeze else probs),
-        logits=logits,
-        layers=layers,
-        method=method,
-        closed_form=use_closed,
-    )
-
+        heads, closed = _heads(net, images, layers, method, closed_form, targets)
+        gradients = method in GRADIENT_METHODS and not closed
+        acts, index, scores, logits = _forward(net, images, layers, targets, topk, gradients)
+        ctx = _Context(net=net, images=images, method=method, layers=layers, acts=acts,
+                       index=index, scores=scores, logits=logits, heads=heads,
+                       closed_form=closed, batch_size=batch_size, channels=channels,
+                       progress=progress)
+        raw = _MAPS[method](ctx)
+    return _result(ctx, raw, topk)

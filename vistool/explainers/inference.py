@@ -133,6 +133,34 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
+def _conv_pattern(node: fx.Node, modules: dict[str, nn.Module]
+                  ) -> tuple[list[fx.Node], fx.Node | None, bool] | None:
+    """For a float32 ``nn.Conv2d`` node the oneDNN call can compute: the nodes it replaces
+    (the convolution, then a residual addition and a ReLU that alone use its result), the
+    addition's other operand and whether a ReLU follows; None for any other node."""
+    conv = modules.get(node.target) if node.op == "call_module" else None
+    if (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str) or len(node.args) != 1 or node.kwargs):
+        return None
+    meta = node.args[0].meta.get("tensor_meta")
+    if meta is None or meta.dtype != torch.float32:
+        return None
+    pattern, other = [node], None
+    user = _only_user(node)
+    if user is not None and _is_add(user):
+        candidate = user.args[1] if user.args[0] is node else user.args[0]
+        other_meta = getattr(candidate, "meta", {}).get("tensor_meta")
+        if (isinstance(candidate, fx.Node) and candidate is not node and other_meta
+                is not None and other_meta.shape == node.meta["tensor_meta"].shape):
+            pattern.append(user)
+            other = candidate
+            user = _only_user(user)
+    relu = user is not None and _is_relu(user, modules)
+    if relu:
+        pattern.append(user)
+    return pattern, other, relu
+
+
 def _onednn_rewrite(gm: fx.GraphModule, sample: torch.Tensor) -> bool:
     """Rewrite ``gm`` in place; False when the result does not match ``gm`` as it was on
     ``sample`` (the caller then discards ``gm``)."""
@@ -145,28 +173,14 @@ def _onednn_rewrite(gm: fx.GraphModule, sample: torch.Tensor) -> bool:
     graph = gm.graph
     rewritten = 0
     for node in list(graph.nodes):
-        conv = modules.get(node.target) if node.op == "call_module" else None
-        if (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros"
-                or isinstance(conv.padding, str) or len(node.args) != 1 or node.kwargs):
+        found = _conv_pattern(node, modules)
+        if found is None:
             continue
-        meta = node.args[0].meta.get("tensor_meta")
-        if meta is None or meta.dtype != torch.float32:
-            continue
-        pattern, other = [node], None
-        user = _only_user(node)
-        if user is not None and _is_add(user):
-            candidate = user.args[1] if user.args[0] is node else user.args[0]
-            other_meta = getattr(candidate, "meta", {}).get("tensor_meta")
-            if (isinstance(candidate, fx.Node) and candidate is not node and other_meta
-                    is not None and other_meta.shape == node.meta["tensor_meta"].shape):
-                pattern.append(user)
-                other = candidate
-                user = _only_user(user)
-        relu = user is not None and _is_relu(user, modules)
-        if relu:
-            pattern.append(user)
+        pattern, other, relu = found
         name = f"onednn_{rewritten}"
-        gm.add_submodule(name, _OneDnnConv(conv, [*meta.shape], relu, other is not None))
+        input_size = [*node.args[0].meta["tensor_meta"].shape]
+        gm.add_submodule(name, _OneDnnConv(modules[node.target], input_size, relu,
+                                           other is not None))
         with graph.inserting_after(pattern[-1]):
             args = (node.args[0],) if other is None else (node.args[0], other)
             fused = graph.call_module(name, args)
