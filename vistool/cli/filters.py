@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--layer", "-l", help="layer whose channels to render (e.g. features.28; "
                                             "a conv before an in-place ReLU is pre-ReLU)")
-    what.add_argument("--class", dest="classes", action="append", metavar="NAME|IDX",
+    what.add_argument("--class", dest="class_targets", action="append", metavar="NAME|IDX",
                       help="render the image that maximises this class (repeatable)")
     what.add_argument("--weights-rgb", nargs="?", const="", metavar="LAYER",
                       help="show the kernels of the first conv layer (or LAYER) as images")
@@ -57,8 +57,8 @@ def _compute(args: argparse.Namespace, loaded):
                "transforms": Transforms.none() if args.no_transforms else None,
                "seed": args.seed, "batch_size": args.batch_size,
                "progress": sys.stderr.isatty()}
-    if args.classes:
-        return render_classes(loaded, args.classes, **options)
+    if args.class_targets:
+        return render_classes(loaded, args.class_targets, **options)
     return render_filters(loaded, args.layer, args.channels, **options)
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = (_weights_rgb(args, loaded, staging) if result is None
                    else _outputs(args, loaded, staging, result))
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
-                   "layer": args.layer, "classes": args.classes, "channels": args.channels,
+                   "layer": args.layer, "classes": args.class_targets, "channels": args.channels,
                    "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
                    "transforms": not args.no_transforms, "device": str(loaded.device)}
         info = manifest("filters", [], options, outputs, seed=args.seed,
