@@ -1,0 +1,1 @@
+"""Image sources and the synthetic datasets the library and the trainers share."""
