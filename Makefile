@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python scripts/bench_hooks.py
 	$(BIN)/python scripts/bench_cam.py
 	$(BIN)/python scripts/bench_train.py
+	test -f $(VENV)/peers/.lucent-0.1.8 || ($(BIN)/python -m pip install -q --no-deps --upgrade \
+		--target $(VENV)/peers torch-lucent==0.1.8 kornia==0.4.1 decorator \
+		&& touch $(VENV)/peers/.lucent-0.1.8)
+	$(BIN)/python scripts/bench_featureviz.py
 
 clean:
 	rm -rf $(VENV) vistool-out
