@@ -7,22 +7,17 @@ import json
 import sys
 import time
 
-from .options import add_model_options, add_out_option, check_out, load, positive_int, slug
+from .options import (
+    add_model_options,
+    add_out_option,
+    check_out,
+    load,
+    non_negative,
+    positive_int,
+    slug,
+)
 
 RANDOM_NOTE = "random weights: the pictures show an untrained model"
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-        return value
-
-    return parse
 
 
 def add_parser(sub) -> None:
@@ -40,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layer", "-l", action="append", required=True, metavar="LAYER",
                    help="layer to amplify, e.g. features.28 (repeatable: the objectives add up)")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--channel", type=_non_negative(int), metavar="C",
+    what.add_argument("--channel", type=non_negative(int), metavar="C",
                       help="amplify this channel of each layer instead of all of them")
     what.add_argument("--guide", metavar="IMG",
                       help="amplify what matches this image's features (at its own size)")
@@ -50,16 +45,16 @@ def add_parser(sub) -> None:
                    help="size ratio between octaves, above 1 (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, metavar="N", default=10,
                    help="gradient steps per octave (default: %(default)s)")
-    p.add_argument("--lr", type=_non_negative(float), default=0.01,
+    p.add_argument("--lr", type=non_negative(float), default=0.01,
                    help="step size in [0, 1] pixels, on the gradient divided by its mean "
                         "absolute value (default: %(default)s)")
-    p.add_argument("--jitter", type=_non_negative(int), metavar="PX", default=32,
+    p.add_argument("--jitter", type=non_negative(int), metavar="PX", default=32,
                    help="largest random roll in pixels, undone after each step "
                         "(default: %(default)s)")
     p.add_argument("--tile", type=positive_int, metavar="PX", default=512,
                    help="largest tile side in pixels for the gradient; bounds memory "
                         "(default: %(default)s)")
-    p.add_argument("--smooth", type=_non_negative(float), default=0.0, metavar="SIGMA",
+    p.add_argument("--smooth", type=non_negative(float), default=0.0, metavar="SIGMA",
                    help="Gaussian blur of the gradient, sigma in pixels (default: none)")
     p.add_argument("--seed", type=int, metavar="N", default=0,
                    help="seed of the random rolls (default: %(default)s)")

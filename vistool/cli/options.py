@@ -26,6 +26,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative(kind=float):
+    """An argparse type: a number of ``kind`` (int or float) that is at least 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value >= 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in [0, 1]."""
     try:

@@ -7,7 +7,15 @@ import json
 import sys
 import time
 
-from .options import add_model_options, add_out_option, check_out, floats, load, positive_int
+from .options import (
+    add_model_options,
+    add_out_option,
+    check_out,
+    floats,
+    load,
+    non_negative,
+    positive_int,
+)
 
 LOSSES = ("total", "content", "style", "tv")
 # The library's choices (vistool.synthesize.style), repeated so that --help needs no torch.
@@ -24,17 +32,6 @@ def _sizes(text: str) -> list[int]:
     if min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be at least 1, got {text!r}")
     return sizes
-
-
-def _weight(text: str) -> float:
-    """An argparse type: a number ≥ 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
-    return value
 
 
 def _names(text: str) -> list[str]:
@@ -55,12 +52,12 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="lbfgs",
                    help="L-BFGS (the paper's) or Adam (default: %(default)s)")
     p.add_argument("--lr", type=float, help="learning rate (default: 1 for lbfgs, 0.02 for adam)")
-    p.add_argument("--content-weight", type=_weight, default=1.0, metavar="W",
+    p.add_argument("--content-weight", type=non_negative(float), default=1.0, metavar="W",
                    help="content loss: mean squared feature difference (default: %(default)s)")
-    p.add_argument("--style-weight", type=_weight, default=1e6, metavar="W",
+    p.add_argument("--style-weight", type=non_negative(float), default=1e6, metavar="W",
                    help="style loss: mean squared difference of Grams divided by C*H*W, "
                         "summed over layers (default: %(default)g)")
-    p.add_argument("--tv-weight", type=_weight, default=0.0, metavar="W",
+    p.add_argument("--tv-weight", type=non_negative(float), default=0.0, metavar="W",
                    help="total variation (mean absolute neighbour difference), for smoother "
                         "images; 0 as in the paper (default: %(default)s)")
     p.add_argument("--content-layers", type=_names, default=["conv4_2"], metavar="L1,L2",
