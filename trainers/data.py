@@ -5,6 +5,9 @@ Every dataset yields ``(image, label)`` with images as float tensors (C, H, W) i
 :func:`load_data` adds the recipe's augmentation and normalisation and returns a
 :class:`DataSpec`.
 
+``images``: every image under ``--data-dir`` (searched recursively), unlabelled (label 0),
+for the ``fast-style`` recipe.
+
 ``shapes``: deterministic by seed, several shape classes of random size, colour and
 position on a textured background. The ground-truth box and mask of every object are
 kept so localisation can be measured.
@@ -28,7 +31,7 @@ from vistool.data.shapes import SHAPE_CLASSES, ShapesDataset
 
 __all__ = ["DATASETS", "DataSpec", "load_data"]
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits", "shapes", "imagefolder")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits", "shapes", "imagefolder", "images")
 
 
 @dataclass
@@ -186,6 +189,33 @@ def _image_folder(root: Path, seed: int, val_fraction: float) -> tuple[Dataset, 
     return (*_split(data, seed, val_fraction), data.classes)
 
 
+class _Images(Dataset):
+    """The images under a folder, searched recursively and sorted, each with label 0."""
+
+    def __init__(self, root: Path):
+        from vistool.core.imageio import IMAGE_EXTENSIONS
+
+        if not root.is_dir():
+            raise DataError(f"image folder {str(root)!r} does not exist; pass --data-dir "
+                            "with the training images (any layout, searched recursively)")
+        self.paths = sorted(p for p in root.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if len(self.paths) < 2:
+            raise DataError(f"image folder {str(root)!r} holds {len(self.paths)} image(s); "
+                            "give at least two (one is kept for validation)")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        import numpy as np
+
+        from vistool.core.imageio import load_image
+
+        array = np.asarray(load_image(self.paths[index]), dtype=np.float32) / 255
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), 0
+
+
 def load_data(name: str, input_size: Sequence[int], mean: Sequence[float],
               std: Sequence[float], augment: Sequence[str] = (), data_dir: str | None = None,
               download: bool = False, seed: int = 0, val_fraction: float = 0.2,
@@ -216,10 +246,14 @@ def load_data(name: str, input_size: Sequence[int], mean: Sequence[float],
         train = ShapesDataset(shapes_count, size=height, seed=seed)
         val = ShapesDataset(n_val, size=height, seed=seed + 10_000)
         classes = list(SHAPE_CLASSES)
+    elif data_dir is None:
+        raise DataError(f"the {name} dataset needs --data-dir (" + (
+            "one subfolder per class, or train/ and val/ holding those)" if name == "imagefolder"
+            else "a folder of images, searched recursively)"))
+    elif name == "images":
+        train, val = _split(_Images(root), seed, val_fraction)
+        classes = []
     else:
-        if data_dir is None:
-            raise DataError("the imagefolder dataset needs --data-dir (one subfolder per "
-                            "class, or train/ and val/ holding those)")
         train, val, classes = _image_folder(root, seed, val_fraction)
 
     common: list = []

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from vistool.core.errors import VistoolError, suggestion
 from .data import load_data
 from .loop import TrainConfig, train
 from .models import get_model, model_defaults
-from .tasks import ClassifierTask, GanTask, ReconstructionTask
+from .tasks import ClassifierTask, GanTask, ReconstructionTask, StyleTask, Task
 
 __all__ = ["RECIPES", "Recipe", "pretrained_shapes_cnn", "run_recipe"]
 
@@ -37,7 +38,7 @@ class Recipe:
     arch: str
     dataset: str
     datasets: tuple[str, ...]
-    task: str = "classify"  # classify | reconstruct | gan
+    task: str = "classify"  # classify | reconstruct | gan | style
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
     batch_size: int = 128
@@ -92,24 +93,38 @@ RECIPES: dict[str, Recipe] = {
                           expected="recognisable digits after ~30 epochs (textbook)", **_GEN),
     "dcgan-mnist": Recipe("dcgan", "mnist", task="gan", loss="bce", epochs=10, lr=2e-4,
                           expected="sharp digits after ~10 epochs (textbook)", **_GEN),
+    "fast-style": Recipe("style_transformer", "images", ("images",), task="style", epochs=2,
+                         batch_size=4, lr=1e-3, optimizer="adam", weight_decay=0.0,
+                         schedule="constant",
+                         expected="Johnson et al.: 2 epochs over COCO's 80k images at 256², "
+                                  "batch 4, VGG16 losses (textbook)"),
     "wgan-gp-mnist": Recipe("dcgan", "mnist", task="gan", loss="wgan-gp", n_critic=5,
                             arch_kwargs={"critic": True}, epochs=20, lr=1e-4,
                             expected="sharp digits after ~20 epochs (textbook)", **_GEN),
 }
 
 
-def _input_size(recipe: Recipe) -> tuple[int, int, int]:
+def _input_size(recipe: Recipe, image_size: int | None = None) -> tuple[int, int, int]:
     """The image size the recipe trains on (a GAN's model input is its latent)."""
     if recipe.task == "gan":
         return (1, 28, 28)
+    if image_size:
+        return (3, image_size, image_size)
     return tuple(model_defaults(recipe.arch)["input_size"])  # type: ignore[return-value]
 
 
 def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
                data_dir: str | None = None, download: bool = False, resume: bool = False,
-               pretrained: bool | None = None, log=None, **overrides: Any) -> dict[str, Any]:
+               pretrained: bool | None = None, log=None, style: Sequence[str] = (),
+               style_weight: float = 1e5, image_size: int | None = None,
+               **overrides: Any) -> dict[str, Any]:
     """Train recipe ``name`` into ``out_dir``; ``overrides`` are :class:`TrainConfig` fields
-    (epochs, batch_size, lr, seed, device, amp, workers, progress ...)."""
+    (epochs, batch_size, lr, seed, device, amp, workers, progress ...).
+
+    ``style`` (style image paths), ``style_weight`` and ``image_size`` (the side training
+    images are resized to, default 256) are the ``fast-style`` recipe's; ``pretrained``
+    False gives it a random-weight VGG16 loss network (transfer recipes: a random backbone).
+    """
     if name not in RECIPES:
         raise VistoolError(f"unknown recipe {name!r}" + suggestion(name, RECIPES,
                                                                    "recipes with --list"))
@@ -118,11 +133,15 @@ def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
     if dataset not in recipe.datasets:
         raise VistoolError(f"recipe {name} trains on {', '.join(recipe.datasets)}, not "
                            f"{dataset!r}; choose one of those with --dataset")
+    if (recipe.task == "style") != bool(style) or (image_size and recipe.task != "style"):
+        raise VistoolError("recipe fast-style needs --style IMG (repeat it to blend styles)"
+                           if recipe.task == "style" else
+                           f"--style and --image-size are fast-style's; recipe {name} has none")
     config = replace(TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size,
                                  lr=recipe.lr, schedule=recipe.schedule),
                      **{k: v for k, v in overrides.items() if v is not None})
     defaults = model_defaults(recipe.arch)
-    size = _input_size(recipe)
+    size = _input_size(recipe, image_size)
     mean, std = defaults["mean"], defaults["std"]
     if len(mean) != size[0]:
         mean, std = mean[:1] * size[0], std[:1] * size[0]
@@ -137,13 +156,11 @@ def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
         kwargs["pretrained"] = pretrained
     torch.manual_seed(config.seed)  # the initial weights are part of the run
     model = get_model(recipe.arch, **kwargs)
-    if recipe.task == "classify":
-        task = ClassifierTask(model, config.lr, recipe.weight_decay, recipe.optimizer)
-    elif recipe.task == "reconstruct":
-        task = ReconstructionTask(model, config.lr, recipe.weight_decay, recipe.optimizer,
-                                  loss=recipe.loss)
+    extra: dict[str, Any] = {}
+    if recipe.task == "style":
+        task, extra = _style_task(model, config.lr, style, style_weight, size[1], pretrained)
     else:
-        task = GanTask(model, config.lr, loss=recipe.loss, n_critic=recipe.n_critic)
+        task = _task(recipe, model, config.lr)
     rebuild = {**kwargs, **({"pretrained": False} if "pretrained" in kwargs else {})}
     model_input = list(size)
     if recipe.task == "gan":  # the model's input is its latent, which is not normalised
@@ -153,8 +170,60 @@ def run_recipe(name: str, out_dir: Path, dataset: str | None = None,
                 "dataset": dataset,
                 "classes": data.classes if recipe.task == "classify" else None,
                 "input_size": model_input, "mean": list(mean), "std": list(std),
-                "task": recipe.task}
+                "task": recipe.task, **extra}
     return train(task, data, config, out_dir, metadata, resume=resume, log=log)
+
+
+def _task(recipe: Recipe, model: torch.nn.Module, lr: float) -> Task:
+    """The classifier, reconstruction or GAN task of ``recipe``."""
+    if recipe.task == "classify":
+        return ClassifierTask(model, lr, recipe.weight_decay, recipe.optimizer)
+    if recipe.task == "reconstruct":
+        return ReconstructionTask(model, lr, recipe.weight_decay, recipe.optimizer,
+                                  loss=recipe.loss)
+    return GanTask(model, lr, loss=recipe.loss, n_critic=recipe.n_critic)
+
+
+def _style_task(model: torch.nn.Module, lr: float, style: Sequence[str], style_weight: float,
+                size: int, pretrained: bool | None) -> tuple[Task, dict[str, Any]]:
+    """The fast-style task: VGG16 perceptual losses against the style images (their longer
+    side ``size``), and what the checkpoint records about them."""
+    import hashlib
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from vistool.core.errors import RandomWeightsWarning, WeightsError
+    from vistool.core.imageio import load_image
+    from vistool.core.zoo import load_model
+    from vistool.synthesize.fast_style import PerceptualLoss
+
+    images = []
+    for path in style:
+        image = load_image(path)
+        factor = size / max(image.size)
+        image = image.resize((max(1, round(image.width * factor)),
+                              max(1, round(image.height * factor))), Image.LANCZOS)
+        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
+                      .permute(2, 0, 1)[None].contiguous())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # recorded below instead
+            loss_net = load_model("vgg16", weights="none" if pretrained is False else "default",
+                                  device="cpu")
+    except WeightsError as exc:
+        found = str(exc).split("; copy the file there")[0]
+        raise VistoolError(f"the loss network needs VGG16's ImageNet weights: {found}; copy "
+                           "the file there, or pass --no-pretrained to train against a "
+                           "random-weight VGG16 (the result will not look like the paper's)"
+                           ) from None
+    loss = PerceptualLoss(loss_net, images, style_weight=style_weight)
+    styles = [{"path": str(p), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
+              for p in style]
+    return StyleTask(model, lr, loss), {
+        "styles": styles, "style_weight": style_weight, "loss_network": loss_net.describe(),
+        "layers": {"content": loss.content_layers, "style": loss.style_layers}}
 
 
 def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:

@@ -1,5 +1,6 @@
 """What one training step means for each kind of model: classification, reconstruction
-(autoencoders, VAE) and adversarial (GAN, LSGAN, DCGAN, WGAN-GP).
+(autoencoders, VAE), adversarial (GAN, LSGAN, DCGAN, WGAN-GP) and feed-forward style
+transfer (a transformer network scored by a perceptual loss).
 
 A task owns its model and optimisers; :mod:`trainers.loop` owns devices, data, AMP, DDP,
 logging and checkpoints and calls ``task.step`` and ``task.evaluate``.
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClassifierTask", "GanTask", "ReconstructionTask", "Task"]
+__all__ = ["ClassifierTask", "GanTask", "ReconstructionTask", "StyleTask", "Task"]
 
 
 class Task:
@@ -217,3 +218,44 @@ class GanTask(Task):
     def samples(self, batch):
         self.model.eval()
         return self.model.generator(self.fixed_z.to(batch.device)).float().clamp(0, 1)
+
+
+class StyleTask(Task):
+    """Feed-forward style transfer (Johnson et al.): the model renders each training image,
+    ``loss`` (a :class:`vistool.synthesize.fast_style.PerceptualLoss`, its network frozen)
+    scores the result against the image's content and the style. Validation reports the
+    mean perceptual loss ``val_loss`` and its ``val_content``/``val_style`` parts."""
+
+    def __init__(self, model, lr, loss, weight_decay=0.0, optimizer="adam"):
+        super().__init__(model, lr, weight_decay, optimizer)
+        self.loss = loss
+
+    def prepare(self):
+        self.loss.to(next(self.model.parameters()).device)
+        super().prepare()
+
+    def _losses(self, net: nn.Module, x: torch.Tensor, autocast) -> torch.Tensor:
+        with autocast():
+            return self.loss(net(x).float(), x)
+
+    def step(self, x, y, optimizers, backward, autocast):
+        losses = self._losses(self.train_model, x, autocast)
+        backward(losses[0], optimizers[0])
+        return {"loss": losses[0].item(), "content": losses[1].item(),
+                "style": losses[2].item()}
+
+    @torch.no_grad()
+    def evaluate(self, loader, device, autocast):
+        self.model.eval()
+        total, count = torch.zeros(4, device=device), 0
+        for x, _ in loader:
+            x = x.to(device)
+            total += self._losses(self.model, x, autocast) * len(x)
+            count += len(x)
+        mean = (total / count).tolist()
+        return {"val_loss": mean[0], "val_content": mean[1], "val_style": mean[2]}
+
+    @torch.no_grad()
+    def samples(self, batch):
+        self.model.eval()
+        return torch.cat([batch[:4], self.model(batch[:4]).float()]).clamp(0, 1)

@@ -11,4 +11,4 @@ from vistool.core.registry import get_model, list_models, model_defaults, regist
 
 __all__ = ["get_model", "list_models", "model_defaults", "register_model"]
 
-from . import classic, cnn, generative, transfer  # noqa: F401  (registers the models)
+from . import classic, cnn, generative, style, transfer  # noqa: F401  (registers the models)

@@ -1,4 +1,5 @@
-"""``vistool style``: neural style transfer (Gatys et al.) by optimising the image's pixels."""
+"""``vistool style``: neural style transfer, by optimising the image's pixels (Gatys et al.) or
+in one forward pass of a trained network (``--fast``, Johnson et al.)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from .options import (
     add_model_options,
@@ -15,6 +17,7 @@ from .options import (
     load,
     non_negative,
     positive_int,
+    slug,
 )
 
 LOSSES = ("total", "content", "style", "tv")
@@ -42,8 +45,8 @@ def _names(text: str) -> list[str]:
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-weights", type=floats, metavar="W1,W2",
                    help="blend several styles' Gram targets with these weights (default: equal)")
-    p.add_argument("--size", type=positive_int, default=512, help="longer side of the content "
-                   "and the styles in pixels (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, help="longer side of the content and the "
+                   "styles in pixels (default: 512; with --fast each image's own size)")
     p.add_argument("--scales", type=_sizes, metavar="S1,S2", help="coarse to fine, e.g. "
                    "256,512: each scale starts from the previous result (the last is the "
                    "output size; overrides --size)")
@@ -79,25 +82,31 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "style", help="neural style transfer (Gatys et al.)",
+        "style", help="neural style transfer (Gatys et al.; --fast: Johnson et al.)",
         description="Optimise an image so that its VGG features match CONTENT's and its "
                     "Gram matrices the STYLE images'; write result.png, result.npy, the loss "
                     "curve (loss.png), losses.npy and manifest.json. It needs ImageNet "
-                    "weights to look right: with --weights none every output says so.")
-    p.add_argument("content", metavar="CONTENT", help="the content image")
-    p.add_argument("styles", metavar="STYLE", nargs="+", help="one or more style images")
+                    "weights to look right: with --weights none every output says so. "
+                    "With --fast MODEL every IMAGE is stylised in one forward pass of a "
+                    "network trained by 'vistool train fast-style' (one PNG per image).")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="CONTENT STYLE [STYLE ...]; with --fast: the images to stylise")
+    p.add_argument("--fast", metavar="MODEL",
+                   help="a fast-style checkpoint (.safetensors from 'vistool train "
+                        "fast-style'): stylise each IMAGE in one forward pass, any size")
     _options(p)
     add_model_options(p)
     model = next(a for a in p._actions if a.dest == "model")
     model.required, model.default = False, "vgg19"
-    model.help += " (default: %(default)s)"
+    model.help += " (default: %(default)s; not used with --fast)"
     add_out_option(p, "style")
     p.add_argument("--json", action="store_true", help="also print the manifest to stdout")
     p.set_defaults(func=run)
 
 
-def _read(path: str, longer: int):
-    """The image at ``path`` as a (1, 3, H, W) tensor in [0, 1], its longer side ``longer``."""
+def _read(path: str, longer: int | None):
+    """The image at ``path`` as a (1, 3, H, W) tensor in [0, 1], its longer side ``longer``
+    (None: as it is)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -105,9 +114,11 @@ def _read(path: str, longer: int):
     from ..core.imageio import load_image
 
     image = load_image(path)
-    factor = longer / max(image.size)
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    array = np.asarray(image.resize(size, Image.LANCZOS), dtype=np.float32) / 255
+    if longer is not None:
+        factor = longer / max(image.size)
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        image = image.resize(size, Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
@@ -154,20 +165,26 @@ def _write(args, loaded, result, staging, seconds: float) -> dict:
                 "caption": f"style transfer {'x'.join(map(str, result.sizes[-1]))}"},
                {"png": "loss.png", "npy": "losses.npy", "evaluations": len(result.history),
                 "caption": "losses per evaluation"}]
-    info = manifest("style", [args.content, *args.styles], options, outputs, seed=args.seed,
+    info = manifest("style", args.images, options, outputs, seed=args.seed,
                     timings={"seconds": round(seconds, 4)}, model=loaded.describe())
     save_json(staging / "manifest.json", info)
     return info
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..core.errors import VistoolError
     from ..outputs import resolve_run_dir, run_directory
     from ..synthesize.style import style_transfer
 
     check_out(args.out)
-    longer = args.scales[-1] if args.scales else args.size
-    content = _read(args.content, longer)
-    styles = [_read(path, longer) for path in args.styles]
+    if args.fast:
+        return _run_fast(args)
+    if len(args.images) < 2:
+        raise VistoolError("give a CONTENT and at least one STYLE image (or --fast MODEL to "
+                           "stylise images with a trained fast-style network)")
+    longer = args.scales[-1] if args.scales else (args.size or 512)
+    content = _read(args.images[0], longer)
+    styles = [_read(path, longer) for path in args.images[1:]]
     loaded = load(args)
     start = time.perf_counter()
     result = style_transfer(
@@ -178,9 +195,51 @@ def run(args: argparse.Namespace) -> int:
     out_dir = resolve_run_dir(args.out, "style")
     with run_directory(out_dir) as staging:
         info = _write(args, loaded, result, staging, time.perf_counter() - start)
+    _report(args, info, out_dir, "result.png, loss.png and manifest.json",
+            loaded.weights if loaded.random_weights else None)
+    return 0
+
+
+def _report(args, info: dict, out_dir, written: str, random: str | None) -> None:
     if args.json:
         print(json.dumps(info, indent=1))
     else:
-        note = f" (random weights: {loaded.weights})" if loaded.random_weights else ""
-        print(f"wrote result.png, loss.png and manifest.json to {out_dir}{note}")
+        note = f" (random weights: {random})" if random else ""
+        print(f"wrote {written} to {out_dir}{note}")
+
+
+def _run_fast(args: argparse.Namespace) -> int:
+    """``--fast``: every image through the trained transformer network, one PNG each."""
+    from ..core.zoo import load_model
+    from ..outputs import manifest, resolve_run_dir, run_directory, save_json, save_png
+    from ..synthesize.fast_style import as_stylizer, stylize
+
+    images = [_read(path, args.size) for path in args.images]
+    loaded = load_model(args.fast, device=args.device)
+    net = as_stylizer(loaded)
+    loss_net = loaded.metadata.get("loss_network") or {}
+    random = loss_net.get("weights") if loss_net.get("random_weights") else None
+    if random:
+        print(f"vistool: warning: {args.fast} was trained against a random-weight VGG16 "
+              f"({random}): its style is not what an ImageNet-trained one gives",
+              file=sys.stderr)
+    out_dir = resolve_run_dir(args.out, "style")
+    outputs, seconds = [], []
+    with run_directory(out_dir) as staging:
+        for index, (path, image) in enumerate(zip(args.images, images)):
+            start = time.perf_counter()
+            result = stylize(net, image)
+            seconds.append(time.perf_counter() - start)
+            name = f"{index:03d}-{slug(Path(path).stem)}.png"
+            save_png(staging / name, result[0])
+            outputs.append({"png": name, "input": path, "size": list(result.shape[-2:]),
+                            "caption": f"fast style {'x'.join(map(str, result.shape[-2:]))}"})
+        model = {**loaded.describe(), "loss_network": loss_net,
+                 "styles": loaded.metadata.get("styles"), "random_weights": bool(random)}
+        info = manifest("style", args.images, {"fast": args.fast, "size": args.size,
+                                               "device": str(loaded.device)}, outputs,
+                        timings={"seconds": [round(s, 4) for s in seconds]}, model=model)
+        save_json(staging / "manifest.json", info)
+    _report(args, info, out_dir, f"{len(outputs)} stylised image(s) and manifest.json",
+            random)
     return 0

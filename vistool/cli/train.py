@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..core.errors import VistoolError
-from .options import positive_int
+from .options import non_negative, positive_int
 
 
 def add_parser(sub) -> None:
@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
                    help="list recipes with model, dataset and expected result")
     p.add_argument("--dataset", help="swap the data where it fits (mnist, fashion-mnist, "
                                      "digits; cifar10, shapes, imagefolder)")
-    p.add_argument("--data-dir", help="where datasets live (default: $VISTOOL_DATA or ./data)")
+    p.add_argument("--data-dir", "--data", help="where datasets live (default: $VISTOOL_DATA "
+                                                "or ./data); fast-style: the training images")
     p.add_argument("--download", action="store_true",
                    help="download torchvision datasets that are missing")
     p.add_argument("--epochs", type=positive_int, help="epochs (default: the recipe's)")
@@ -40,7 +41,14 @@ def add_parser(sub) -> None:
                    help="continue the run in --out from its last completed epoch")
     p.add_argument("--no-pretrained", action="store_true",
                    help="transfer recipes: start from random weights instead of the "
-                        "torchvision weights")
+                        "torchvision weights; fast-style: a random-weight VGG16 loss network")
+    p.add_argument("--style", action="append", metavar="IMG", default=[],
+                   help="fast-style: the style image (repeat to blend several)")
+    p.add_argument("--style-weight", type=non_negative(float), default=1e5, metavar="W",
+                   help="fast-style: weight of the style loss against the content loss's 1 "
+                        "(default: %(default)g)")
+    p.add_argument("--image-size", type=positive_int, metavar="N",
+                   help="fast-style: training images are resized to N x N (default: 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -62,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
                            "continue it or --out for a new one")
     best = run_recipe(args.recipe, out, dataset=args.dataset, data_dir=args.data_dir,
                       download=args.download, resume=args.resume,
-                      pretrained=False if args.no_pretrained else None, epochs=args.epochs,
+                      pretrained=False if args.no_pretrained else None, style=args.style,
+                      style_weight=args.style_weight, image_size=args.image_size,
+                      epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, amp=args.amp, workers=args.workers,
                       progress=not args.quiet)

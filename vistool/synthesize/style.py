@@ -42,6 +42,7 @@ __all__ = [
     "POOLINGS",
     "StyleResult",
     "gram_matrix",
+    "layer_features",
     "match_color",
     "paper_layer_names",
     "resolve_style_layers",
@@ -150,6 +151,24 @@ def resolve_style_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
     return resolved
 
 
+def layer_features(model: nn.Module, inputs: torch.Tensor,
+                   layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The outputs of ``layers`` (module names) for normalised ``inputs``, the network run
+    only as far as the deepest (in the autograd graph when gradients are enabled).
+
+    Raises:
+        VistoolError: the images are too small for the deepest layer.
+    """
+    try:
+        return forward_until(model, inputs, layers, gradients=torch.is_grad_enabled())
+    except RuntimeError as exc:
+        if "too small" not in str(exc):
+            raise
+        raise VistoolError(f"an image of {inputs.shape[-2]}x{inputs.shape[-1]} pixels is too "
+                           "small for the deepest layer; give a larger --size or "
+                           "--scales") from None
+
+
 def _covariance_sqrt(pixels: torch.Tensor, inverse: bool) -> torch.Tensor:
     centred = pixels - pixels.mean(1, keepdim=True)
     values, vectors = torch.linalg.eigh(centred @ centred.T / pixels.shape[1])
@@ -241,16 +260,8 @@ class _StyleLoss:
 
     def _features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         setup = self.setup
-        layers = [*setup.content_layers, *setup.style_layers]
-        try:
-            return forward_until(setup.model, (image - setup.mean) / setup.std, layers,
-                                 gradients=torch.is_grad_enabled())
-        except RuntimeError as exc:
-            if "too small" not in str(exc):
-                raise
-            raise VistoolError(f"an image of {image.shape[-2]}x{image.shape[-1]} pixels is too "
-                               "small for the deepest layer; give a larger --size or "
-                               "--scales") from None
+        return layer_features(setup.model, (image - setup.mean) / setup.std,
+                              [*setup.content_layers, *setup.style_layers])
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         feats = self._features(image)
