@@ -25,6 +25,23 @@ def photograph() -> np.ndarray:
     return data.chelsea()
 
 
+def texture() -> np.ndarray:
+    """A texture that ships with scikit-image ('brick'), as RGB."""
+    from skimage import data
+
+    return np.repeat(data.brick()[..., None], 3, axis=2)
+
+
+def vgg19_weights() -> str:
+    """``default`` when torchvision's ImageNet VGG19 weights are in the torch hub cache, else
+    ``none`` (random weights; the outputs say so)."""
+    import torch
+    from torchvision.models import VGG19_Weights
+
+    name = Path(VGG19_Weights.DEFAULT.url).name
+    return "default" if (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file() else "none"
+
+
 def run(out: Path, seed: int) -> Path:
     checkpoint = pretrained_shapes_cnn(log=lambda line: print(line, file=sys.stderr))
     inputs = out / "inputs"
@@ -36,28 +53,37 @@ def run(out: Path, seed: int) -> Path:
     for name, scene in (("shapes-star.png", star), ("shapes-circle-cross.png", pair)):
         Image.fromarray(scene.image).resize((256, 256), Image.NEAREST).save(inputs / name)
     Image.fromarray(photograph()).save(inputs / "photo-chelsea.png")
-    star_path, pair_path, photo_path = (str(inputs / n) for n in (
-        "shapes-star.png", "shapes-circle-cross.png", "photo-chelsea.png"))
+    Image.fromarray(texture()).save(inputs / "texture-brick.png")
+    star_path, pair_path, photo_path, brick_path = (str(inputs / n) for n in (
+        "shapes-star.png", "shapes-circle-cross.png", "photo-chelsea.png",
+        "texture-brick.png"))
     model = ["--model", str(checkpoint)]
     runs = [
         ["activations", *model, "--layer", "features.3", "--layer", "features",
-         "--out", str(out / "1-activations"), star_path, photo_path],
+         "--out", str(out / "01-activations"), star_path, photo_path],
         # Two objects, two classes: each class's map should sit on its own object.
-        ["gradcam", *model, "--target", "circle", "--out", str(out / "2-gradcam-circle"),
+        ["gradcam", *model, "--target", "circle", "--out", str(out / "02-gradcam-circle"),
          pair_path],
-        ["gradcam", *model, "--target", "cross", "--out", str(out / "3-gradcam-cross"),
+        ["gradcam", *model, "--target", "cross", "--out", str(out / "03-gradcam-cross"),
          pair_path],
-        ["gradcam", *model, "--topk", "2", "--out", str(out / "4-gradcam-top2"), star_path,
+        ["gradcam", *model, "--topk", "2", "--out", str(out / "04-gradcam-top2"), star_path,
          photo_path],
-        ["gradcam", *model, "--method", "scorecam", "--out", str(out / "5-scorecam"),
+        ["gradcam", *model, "--method", "scorecam", "--out", str(out / "05-scorecam"),
          star_path, photo_path],
         # What the last block's channels (after batch norm, before the ReLU) look for.
         ["filters", *model, "--layer", "features.12", "--channels", "0-15", "--size", "64",
-         "--steps", "128", "--out", str(out / "6-filters")],
+         "--steps", "128", "--out", str(out / "06-filters")],
         # The image each class's logit likes best.
         ["filters", *model, *(f"--class={name}" for name in ShapesDataset.classes),
-         "--size", "64", "--steps", "128", "--out", str(out / "7-class-images")],
-        ["filters", *model, "--weights-rgb", "--out", str(out / "8-first-layer-kernels")],
+         "--size", "64", "--steps", "128", "--out", str(out / "07-class-images")],
+        ["filters", *model, "--weights-rgb", "--out", str(out / "08-first-layer-kernels")],
+        # DeepDream with the shapes CNN: the photograph redrawn in its learnt strokes.
+        ["deepdream", *model, "--layer", "features.8", "--octaves", "3", "--steps", "10",
+         "--out", str(out / "09-deepdream"), photo_path],
+        # Gatys style transfer on VGG19: ImageNet weights when cached, else random ones
+        # (then every output, the gallery included, says so).
+        ["style", photo_path, brick_path, "--weights", vgg19_weights(), "--size", "128",
+         "--steps", "60", "--out", str(out / "10-style")],
     ]
     for argv in runs:
         status = vistool(argv)

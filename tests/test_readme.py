@@ -47,6 +47,13 @@ SKIPPED = {
                                                            "and downloads pretrained weights",
     "vistool train resnet-cifar10 --resume --out runs/r": "needs CIFAR-10 (a download), an "
                                                           "interrupted run and hours of training",
+    "vistool style cat.jpg brick.jpg --size 512 --steps 300": "300 L-BFGS evaluations of "
+        "VGG19 at 512 pixels take minutes on a CPU; tests/test_style.py runs the command small",
+    "vistool style --fast runs/style/best.safetensors cat.jpg photos/": "needs the network "
+        "that the fast-style line trains; tests/test_fast_style.py trains one and runs this",
+    "vistool train fast-style --style brick.jpg --data-dir photos/ --out runs/style": "needs "
+        "VGG16's ImageNet weights (a download); tests/test_fast_style.py trains it small "
+        "against a random VGG16",
     "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
         "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
         "processes",

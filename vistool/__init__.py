@@ -47,6 +47,17 @@ _EXPORTS: dict[str, str] = {
     "LoadedModel": "core.zoo",
     "list_models": "core.zoo",
     "load_model": "core.zoo",
+    "FeatureVisualization": "synthesize.featureviz",
+    "first_layer_weights": "synthesize.featureviz",
+    "render_classes": "synthesize.featureviz",
+    "render_filters": "synthesize.featureviz",
+    "DreamResult": "synthesize.deepdream",
+    "deepdream": "synthesize.deepdream",
+    "StyleResult": "synthesize.style",
+    "style_transfer": "synthesize.style",
+    "PerceptualLoss": "synthesize.fast_style",
+    "TransformerNet": "synthesize.fast_style",
+    "stylize": "synthesize.fast_style",
 }
 
 __all__ = [
@@ -57,13 +68,18 @@ __all__ = [
     "CamResult",
     "CheckpointError",
     "ConstantMapWarning",
+    "DreamResult",
+    "FeatureVisualization",
     "ImageError",
     "LayerError",
     "LayerInfo",
     "LoadedModel",
     "ModelError",
+    "PerceptualLoss",
     "Recording",
+    "StyleResult",
     "TargetError",
+    "TransformerNet",
     "VistoolError",
     "WeightsError",
     "__version__",
@@ -71,10 +87,12 @@ __all__ = [
     "apply_state_dict",
     "attribute",
     "channel_stats",
+    "deepdream",
     "default_layer",
     "deprocess",
     "expand_inputs",
     "explain",
+    "first_layer_weights",
     "layer_table",
     "list_models",
     "load_checkpoint",
@@ -84,8 +102,12 @@ __all__ = [
     "preserved_state",
     "record",
     "register_model",
+    "render_classes",
+    "render_filters",
     "resolve_device",
     "save_checkpoint",
+    "style_transfer",
+    "stylize",
 ]
 
 
@@ -123,3 +145,12 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.activations import ActivationResult, activations, channel_stats
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, ConstantMapWarning, explain
+    from .synthesize.deepdream import DreamResult, deepdream
+    from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize
+    from .synthesize.featureviz import (
+        FeatureVisualization,
+        first_layer_weights,
+        render_classes,
+        render_filters,
+    )
+    from .synthesize.style import StyleResult, style_transfer

@@ -90,7 +90,8 @@ def add_parser(sub) -> None:
                     "With --fast MODEL every IMAGE is stylised in one forward pass of a "
                     "network trained by 'vistool train fast-style' (one PNG per image).")
     p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="CONTENT STYLE [STYLE ...]; with --fast: the images to stylise")
+                   help="CONTENT STYLE [STYLE ...]; with --fast: the images to stylise "
+                        "(files or directories)")
     p.add_argument("--fast", metavar="MODEL",
                    help="a fast-style checkpoint (.safetensors from 'vistool train "
                         "fast-style'): stylise each IMAGE in one forward pass, any size")
@@ -210,11 +211,13 @@ def _report(args, info: dict, out_dir, written: str, random: str | None) -> None
 
 def _run_fast(args: argparse.Namespace) -> int:
     """``--fast``: every image through the trained transformer network, one PNG each."""
+    from ..core.imageio import expand_inputs
     from ..core.zoo import load_model
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json, save_png
     from ..synthesize.fast_style import as_stylizer, stylize
 
-    images = [_read(path, args.size) for path in args.images]
+    paths = [str(path) for path in expand_inputs(args.images)]
+    images = [_read(path, args.size) for path in paths]
     loaded = load_model(args.fast, device=args.device)
     net = as_stylizer(loaded)
     loss_net = loaded.metadata.get("loss_network") or {}
@@ -226,7 +229,7 @@ def _run_fast(args: argparse.Namespace) -> int:
     out_dir = resolve_run_dir(args.out, "style")
     outputs, seconds = [], []
     with run_directory(out_dir) as staging:
-        for index, (path, image) in enumerate(zip(args.images, images)):
+        for index, (path, image) in enumerate(zip(paths, images)):
             start = time.perf_counter()
             result = stylize(net, image)
             seconds.append(time.perf_counter() - start)
@@ -236,7 +239,7 @@ def _run_fast(args: argparse.Namespace) -> int:
                             "caption": f"fast style {'x'.join(map(str, result.shape[-2:]))}"})
         model = {**loaded.describe(), "loss_network": loss_net,
                  "styles": loaded.metadata.get("styles"), "random_weights": bool(random)}
-        info = manifest("style", args.images, {"fast": args.fast, "size": args.size,
+        info = manifest("style", paths, {"fast": args.fast, "size": args.size,
                                                "device": str(loaded.device)}, outputs,
                         timings={"seconds": [round(s, 4) for s in seconds]}, model=model)
         save_json(staging / "manifest.json", info)

@@ -1,4 +1,4 @@
-"""Images made by optimisation: feature visualisation (and, next, DeepDream and style transfer).
+"""Images made by optimisation: feature visualisation, DeepDream and style transfer.
 
 Four small parts, as in lucent: ``param`` (how an image is parameterised), ``transform``
 (random transformations for robustness), ``objectives`` (what to maximise, composable)
