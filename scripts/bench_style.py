@@ -18,6 +18,11 @@
    run needs until a FINE² evaluation is at or below the single-scale run's final loss,
    over the single-scale run's whole time; and the same in evaluations (a coarse one
    counted as 1/4), which a busy machine's drift between the two runs does not change.
+3. Feed-forward (Johnson et al.). One forward pass of ``TransformerNet`` (Johnson's size:
+   width 32, 5 residual blocks; its weights do not change its speed) on a FINE² image, the
+   median of ROUNDS after a warm-up, against Gatys at FINE²: the median time of one
+   evaluation over a few evaluations, times the default 300 evaluations (the whole run is
+   not timed: at 512² it takes many minutes on a CPU).
 
 The weights are random (``--weights none``) unless ``--weights default`` finds ImageNet's
 in the torch hub cache; a speed comparison does not depend on them. ``--quick`` shrinks
@@ -38,6 +43,7 @@ from skimage import data as skdata
 from torch import nn
 
 import vistool
+from vistool.synthesize.fast_style import TransformerNet, stylize
 from vistool.synthesize.style import style_transfer
 
 CONTENT_INDEX, STYLE_INDICES = 21, (0, 5, 10, 19, 28)  # conv4_2; conv1_1 ... conv5_1
@@ -231,6 +237,31 @@ def coarse_to_fine(loaded, fine: int, steps: int) -> None:
           f"the machine's drift): {work:.3f}x")
 
 
+def feed_forward(loaded, fine: int, rounds: int, evaluations: int, steps: int = 300) -> None:
+    device = loaded.device
+    content, style = picture("chelsea", fine, device), picture("brick", fine, device)
+    print(f"\n3. Feed-forward vs Gatys at {fine}²: one TransformerNet pass ({rounds} rounds) "
+          f"vs {evaluations} Gatys evaluations (VGG19, L-BFGS) scaled to {steps}")
+    net = TransformerNet().to(device)
+
+    def once() -> float:
+        start = time.perf_counter()
+        stylize(net, content)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    once()  # warm-up
+    fast = float(np.median([once() for _ in range(rounds)]))
+    result = style_transfer(loaded, content, [style], steps=evaluations)
+    per_evaluation = float(np.median(np.diff(result.seconds.numpy())[1:]))
+    print(f"  feed-forward: {fast * 1000:.0f} ms per image; Gatys: {per_evaluation * 1000:.0f} "
+          f"ms per evaluation, {per_evaluation * steps:.1f} s for {steps}")
+    print(f"  speed-up of the feed-forward network over a {steps}-evaluation Gatys run: "
+          f"{per_evaluation * steps / fast:.0f}x (expected >= 100x); over one Gatys "
+          f"evaluation: {per_evaluation / fast:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +279,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: torch's; 1 on a busy shared machine)")
     parser.add_argument("--quick", action="store_true", help="64² and 64 -> 128², fewer steps")
+    parser.add_argument("--parts", default="1,2,3", help="which measurements to run "
+                        "(default: %(default)s)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,8 +291,13 @@ def main() -> None:
     began = time.perf_counter()
     print(f"Style transfer, vgg19 ({loaded.weights}) on {loaded.device}, "
           f"{torch.get_num_threads()} threads; load average {os.getloadavg()}")
-    per_iteration(loaded, args.size, args.steps, args.rounds)
-    coarse_to_fine(loaded, args.fine, args.scale_steps)
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        per_iteration(loaded, args.size, args.steps, args.rounds)
+    if "2" in parts:
+        coarse_to_fine(loaded, args.fine, args.scale_steps)
+    if "3" in parts:
+        feed_forward(loaded, args.fine, args.rounds, args.steps)
     print(f"\nLoad average at the end: {os.getloadavg()}; "
           f"{time.perf_counter() - began:.0f} s in all")
 
