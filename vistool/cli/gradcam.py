@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..explainers.names import CAM_METHODS
+from ..explainers.names import CAM_METHODS, LAYOUTS
 from . import explaining
 from .options import positive_int
 
@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
                    help="explain the K best classes of each image (instead of --target)")
     p.add_argument("--channels", type=positive_int, metavar="K",
                    help="scorecam: use only the K highest-variance channels (Faster Score-CAM)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="how the layer's output holds its grid: nchw, nhwc (channels-last, "
+                        "Swin) or tokens ((N, [class token +] H*W, D), ViT); auto detects it "
+                        "from the shapes (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
 
         result = explain(loaded, batch, args.method, targets=target,
                          layer=layers if len(layers) > 1 else layers[0],
-                         topk=args.topk, channels=args.channels, progress=not args.json)
+                         topk=args.topk, channels=args.channels, progress=not args.json,
+                         layout=args.layout)
         return result, result.raw  # per layer (N, [k,] h, w)
 
-    return explaining.run(args, compute, {"topk": args.topk, "channels": args.channels})
+    return explaining.run(args, compute, {"topk": args.topk, "channels": args.channels,
+                                          "layout": args.layout})

@@ -14,6 +14,7 @@ from torch import nn
 
 from .devices import model_device
 from .errors import LayerError, suggestion
+from .layout import detect
 from .state import preserved_state
 
 __all__ = [
@@ -129,24 +130,47 @@ def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
     ]
 
 
+def _family_default(model: nn.Module) -> str | None:
+    """The literature's layer where the generic rule picks another: for a torchvision ViT
+    the last encoder block's first LayerNorm (after it only the class token reaches the
+    head, so later layers have no gradient on the patch tokens); for Swin the last stage's
+    output, ``features`` (the rule would take the LayerNorm after it)."""
+    kind = type(model).__name__
+    if kind == "VisionTransformer" and hasattr(model, "encoder"):
+        return f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
+    if kind == "SwinTransformer" and hasattr(model, "features"):
+        return "features"
+    return None
+
+
 def default_layer(model: nn.Module, input_size: Sequence[int] | None = None,
                   table: list[LayerInfo] | None = None) -> str:
     """The usual Grad-CAM layer: the last module to finish whose output still has spatial extent.
 
-    Among modules that hold parameters (directly or in children) and output a 4-d
-    tensor with height or width > 1, the one whose forward pass finished last; for a
-    ResNet that is ``layer4``, for VGG ``features``, for GoogLeNet ``inception5b``.
-    Pass ``table`` to reuse a computed :func:`layer_table`.
+    Among modules that hold parameters (directly or in children) and whose output is a
+    spatial grid larger than 1x1 — (N, C, H, W), channels-last (N, H, W, C) or tokens
+    (N, [class tokens +] H·W, D), see :func:`vistool.core.layout.grid_view` — the one whose
+    forward pass finished last; for a ResNet that is ``layer4``, for VGG ``features``, for
+    GoogLeNet ``inception5b``. Swin gets ``features`` (its last stage, channels-last), a
+    torchvision ViT its last encoder block's ``ln_1``. Pass ``table`` to reuse a
+    computed :func:`layer_table` (``input_size`` then only tells the grid's size).
     """
+    family = _family_default(model)
+    if family is not None:
+        return family
     if table is None:
         if input_size is None:
             raise ValueError("default_layer needs input_size or a layer table")
         table = layer_table(model, input_size)
-    candidates = [
-        row for row in table
-        if row.params > 0 and row.output_shape is not None and len(row.output_shape) == 4
-        and max(row.output_shape[2:]) > 1
-    ]
+
+    def spatial(shape) -> bool:
+        if input_size is None:
+            return len(shape) == 4 and max(shape[2:]) > 1
+        view = detect(shape, input_size[-2:])
+        return view is not None and max(view.grid) > 1
+
+    candidates = [row for row in table
+                  if row.params > 0 and row.output_shape is not None and spatial(row.output_shape)]
     if not candidates:
         raise LayerError(
             f"{type(model).__name__} has no layer with a spatial output; name one with --layer"

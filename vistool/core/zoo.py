@@ -103,7 +103,7 @@ class LoadedModel:
     @cached_property
     def default_layer(self) -> str:
         """The usual Grad-CAM layer; see :func:`vistool.layers.default_layer`."""
-        return default_layer(self.model, table=self.layers)
+        return default_layer(self.model, self.input_size, table=self.layers)
 
     def preprocess(self, images: Sequence[ImageSource] | ImageSource) -> torch.Tensor:
         """Load and transform images into a batch on the model's device."""

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..core.errors import TargetError, VistoolError, suggestion
 from ..core.hooks import record, replaced_output
 from ..core.layers import default_layer as find_default_layer
+from ..core.layout import GridView, grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..render import normalize
@@ -85,7 +86,8 @@ class _Context:
     images: torch.Tensor
     method: str
     layers: list[str]
-    acts: dict[str, torch.Tensor]  # per layer (N, K, h, w), in the graph for the gradients
+    acts: dict[str, torch.Tensor]  # per layer, as the layer outputs it, in the graph
+    views: dict[str, GridView]  # per layer: its output as (N, K, h, w)
     index: torch.Tensor | None  # class indices (N, k); None for a callable target
     scores: torch.Tensor  # the explained outputs (N, k)
     logits: torch.Tensor
@@ -278,6 +280,7 @@ def _ablationcam(ctx: _Context, layer: str, act: torch.Tensor) -> torch.Tensor:
     of the layer output is zeroed. With a GAP + linear head the drop is W[t, c] * mean(A_c)."""
     n, k_channels = act.shape[:2]
     images, targets, head = ctx.images, ctx.index, ctx.heads.get(layer)
+    view = ctx.views[layer]
     base = ctx.logits.gather(1, targets)  # (N, k)
     if head is not None:
         drops = head.weight[targets] * act.mean((2, 3))[:, None, :]  # (N, k, K)
@@ -294,7 +297,7 @@ def _ablationcam(ctx: _Context, layer: str, act: torch.Tensor) -> torch.Tensor:
                 ablated = act[i].expand(len(chans), -1, -1, -1).clone()
                 ablated[torch.arange(len(chans)), chans] = 0
                 with torch.inference_mode(), replaced_output(
-                        net, layer, lambda _o, a=ablated: a):
+                        net, layer, lambda o, a=ablated: view.from_grid(a, o)):
                     out = net(images[i].expand(len(chans), -1, -1, -1))
                 drops[i, :, chans] = (base[i][None] - out[:, targets[i]]).T.to(act.dtype)
                 bar.update(len(chans))
@@ -323,10 +326,11 @@ def _autograd_gradients(ctx: _Context) -> dict[str, torch.Tensor]:
     scores, layers = ctx.scores, ctx.layers
     per_target = []
     for j in range(scores.shape[1]):
-        found = torch.autograd.grad(
-            scores[:, j].sum(), [ctx.acts[n] for n in layers],
-            retain_graph=j < scores.shape[1] - 1, allow_unused=True
-        ) if scores.requires_grad else [None] * len(layers)
+        with torch.enable_grad():  # the caller may be inside torch.no_grad()
+            found = torch.autograd.grad(
+                scores[:, j].sum(), [ctx.acts[n] for n in layers],
+                retain_graph=j < scores.shape[1] - 1, allow_unused=True
+            ) if scores.requires_grad else [None] * len(layers)
         # A score that does not depend on a layer has zero gradient there.
         per_target.append([torch.zeros_like(ctx.acts[n]) if g is None else g
                            for g, n in zip(found, layers)])
@@ -336,22 +340,27 @@ def _autograd_gradients(ctx: _Context) -> dict[str, torch.Tensor]:
 def _gradient_maps(ctx: _Context) -> dict[str, torch.Tensor]:
     """CAM and the gradient methods: a map from the activations and their gradients."""
     grads = _closed_form_gradients(ctx) if ctx.closed_form else _autograd_gradients(ctx)
-    return {name: _from_gradients(ctx.method, ctx.acts[name].detach(), grads[name].detach())
+    return {name: _from_gradients(ctx.method, _grid(ctx, name),
+                                  ctx.views[name].to_grid(grads[name].detach(), lead=2))
             for name in ctx.layers}
+
+
+def _grid(ctx: _Context, name: str) -> torch.Tensor:
+    """Layer ``name``'s detached output as (N, K, h, w)."""
+    return ctx.views[name].to_grid(ctx.acts[name].detach())
 
 
 def _eigencam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
     k = ctx.scores.shape[1]
-    return {name: _eigencam(ctx.acts[name].detach()).expand(-1, k, -1, -1)
-            for name in ctx.layers}
+    return {name: _eigencam(_grid(ctx, name)).expand(-1, k, -1, -1) for name in ctx.layers}
 
 
 def _scorecam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
-    return {name: _scorecam(ctx, ctx.acts[name].detach()) for name in ctx.layers}
+    return {name: _scorecam(ctx, _grid(ctx, name)) for name in ctx.layers}
 
 
 def _ablationcam_maps(ctx: _Context) -> dict[str, torch.Tensor]:
-    return {name: _ablationcam(ctx, name, ctx.acts[name].detach()) for name in ctx.layers}
+    return {name: _ablationcam(ctx, name, _grid(ctx, name)) for name in ctx.layers}
 
 
 _MAPS: dict[str, Callable[[_Context], dict[str, torch.Tensor]]] = {
@@ -421,24 +430,21 @@ def _scores(output: torch.Tensor, targets: Targets, topk: int | None,
 
 
 def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: Targets,
-             topk: int | None, gradients: bool) -> tuple[dict[str, torch.Tensor],
-                                                        torch.Tensor | None, torch.Tensor,
-                                                        torch.Tensor]:
-    """One forward pass: the layers' outputs (in the autograd graph with ``gradients``),
-    the class indices, the scores and the logits."""
+             topk: int | None, gradients: bool, layout: str) -> tuple[
+                 dict[str, torch.Tensor], dict[str, GridView], torch.Tensor | None,
+                 torch.Tensor, torch.Tensor]:
+    """One forward pass: the layers' outputs (in the autograd graph with ``gradients``) and
+    how each maps to (N, K, h, w), the class indices, the scores and the logits."""
     with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec:
         output = net(images)
-    index, scores, logits = _scores(output, targets, topk, images.shape[0])
+        index, scores, logits = _scores(output, targets, topk, images.shape[0])
     missing = [name for name in layers if name not in rec]
     if missing:
         raise VistoolError(f"layer {missing[0]!r} did not run in the forward pass; "
                            "pick a layer that 'vistool layers' lists with a shape")
     acts = {name: rec[name] for name in layers}
-    for name, act in acts.items():
-        if not isinstance(act, torch.Tensor) or act.dim() != 4:
-            raise VistoolError(f"layer {name!r} outputs {type(act).__name__} of shape "
-                               f"{tuple(getattr(act, 'shape', ()))}; CAMs need (N, C, H, W)")
-    return acts, index, scores, logits
+    views = {name: grid_view(name, act, images.shape[2:], layout) for name, act in acts.items()}
+    return acts, views, index, scores, logits
 
 
 def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -481,6 +487,7 @@ def explain(
     batch_size: int = 16,
     channels: int | None = None,
     progress: bool = False,
+    layout: str = "auto",
 ) -> CamResult:
     """Explain the predictions of a classifier for a batch of images with a class activation map.
 
@@ -503,6 +510,10 @@ def explain(
         channels: ``scorecam`` only: use the k highest-variance channels (Faster Score-CAM)
             instead of all.
         progress: show a progress bar for the many-forward methods.
+        layout: how the layers' outputs hold their grid: ``"auto"`` (detected from the
+            output and input shapes), ``"nchw"``, ``"nhwc"`` (channels-last, Swin) or
+            ``"tokens"`` ((N, [class tokens +] h·w, D), ViT); see
+            :func:`vistool.core.layout.grid_view`. Maps have the grid's shape.
 
     The model runs in eval mode and gets its train/eval flags, ``requires_grad`` and
     ``.grad`` back; no hooks remain, also when this raises.
@@ -520,9 +531,10 @@ def explain(
     with preserved_state(net, eval_mode=True, frozen=True):
         heads, closed = _heads(net, images, layers, method, closed_form, targets)
         gradients = method in GRADIENT_METHODS and not closed
-        acts, index, scores, logits = _forward(net, images, layers, targets, topk, gradients)
+        acts, views, index, scores, logits = _forward(net, images, layers, targets, topk,
+                                                      gradients, layout)
         ctx = _Context(net=net, images=images, method=method, layers=layers, acts=acts,
-                       index=index, scores=scores, logits=logits, heads=heads,
+                       views=views, index=index, scores=scores, logits=logits, heads=heads,
                        closed_form=closed, batch_size=batch_size, channels=channels,
                        progress=progress)
         raw = _MAPS[method](ctx)

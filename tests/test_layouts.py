@@ -1,0 +1,172 @@
+"""Layers that keep their grid channels-last (Swin) or as tokens (ViT): detection, the
+exact maps of tiny hand-built models, Swin and ViT against captum with the same reshape,
+the default layers and the command's one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+import vistool
+from vistool.cli import main
+from vistool.core import layout as layout_module
+from vistool.core.layout import GridView, detect, grid_view
+from vistool.explainers import names
+from vistool.explainers.cam import CAM_METHODS, explain
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("shape", "size", "expected"), [
+    ((1, 512, 7, 7), (224, 224), GridView("nchw", (7, 7))),
+    ((1, 7, 7, 768), (224, 224), GridView("nhwc", (7, 7))),
+    ((1, 197, 768), (224, 224), GridView("tokens", (14, 14), 1)),
+    ((1, 198, 768), (224, 224), GridView("tokens", (14, 14), 2)),
+    ((1, 196, 384), (224, 224), GridView("tokens", (14, 14), 0)),
+    ((1, 768, 5, 7), (149, 224), GridView("nchw", (5, 7))),
+    ((1, 5, 7, 768), (149, 224), GridView("nhwc", (5, 7))),
+    ((1, 64, 56, 56), (224, 224), GridView("nchw", (56, 56))),  # not (64, 56) channels-last
+    ((1, 1000), (224, 224), None),
+    ((1, 7, 768), (224, 224), None),  # 7 tokens: no grid of a square image
+])
+def test_layouts_are_detected_from_the_output_and_input_shapes(shape, size, expected):
+    assert detect(shape, size) == expected
+
+
+@pytest.mark.parametrize("view", [GridView("nchw", (3, 4)), GridView("nhwc", (3, 4)),
+                                  GridView("tokens", (3, 4), 1), GridView("tokens", (3, 4))])
+def test_grid_view_round_trips_and_maps_leading_dims(view):
+    native = {"nchw": (2, 5, 3, 4), "nhwc": (2, 3, 4, 5), "tokens": (2, 12 + view.extra, 5)}
+    x = torch.randn(native[view.layout])
+    grid = view.to_grid(x)
+    assert grid.shape == (2, 5, 3, 4)
+    torch.testing.assert_close(view.from_grid(grid, x), x, rtol=0, atol=0)
+    stacked = view.to_grid(torch.stack([x, 2 * x], 1), lead=2)
+    torch.testing.assert_close(stacked[:, 1], 2 * grid, rtol=0, atol=0)
+
+
+def test_a_layer_without_a_grid_or_a_wrong_layout_is_one_line():
+    with pytest.raises(vistool.LayerError, match=r"'fc' outputs Tensor of shape \(1, 10\), "
+                       r"which is not a spatial grid for a 224x224 input"):
+        grid_view("fc", torch.zeros(1, 10), (224, 224))
+    with pytest.raises(vistool.LayerError, match="as tokens"):
+        grid_view("layer4", torch.zeros(1, 512, 7, 7), (224, 224), "tokens")
+    assert names.LAYOUTS == layout_module.LAYOUTS
+
+
+class Tiny(nn.Module):
+    """A patch embedding whose grid leaves the target layer ``grid`` as (N, 6, 4, 4),
+    channels-last or as tokens behind a class token; the head pools squared activations
+    (so the gradients vary with the position) over the grid only. Every layout computes
+    the same function of the same weights."""
+
+    def __init__(self, layout: str):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 6, 4, stride=4)
+            self.cls = nn.Parameter(torch.randn(1, 1, 6))
+            self.fc = nn.Linear(6, 3)
+        self.grid = nn.Identity()
+        self.layout = layout
+
+    def forward(self, x):
+        a = torch.tanh(self.conv(x))
+        n = len(a)
+        if self.layout == "nhwc":
+            return self.fc((self.grid(a.permute(0, 2, 3, 1)) ** 2).mean((1, 2)))
+        if self.layout == "tokens":
+            tokens = torch.cat([self.cls.expand(n, -1, -1), a.flatten(2).transpose(1, 2)], 1)
+            return self.fc((self.grid(tokens)[:, 1:] ** 2).mean(1))
+        return self.fc((self.grid(a) ** 2).mean((2, 3)))
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+@pytest.mark.parametrize("method", CAM_METHODS[1:])  # cam needs a linear head
+def test_every_method_gives_the_nchw_twins_map_on_a_tiny_model(layout, method):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reference = explain(Tiny("nchw"), x, method, targets=1, layer="grid")
+    result = explain(Tiny(layout), x, method, targets=1, layer="grid")
+    assert result.raw["grid"].shape == (2, 4, 4)
+    torch.testing.assert_close(result.raw["grid"], reference.raw["grid"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.maps, reference.maps, rtol=1e-5, atol=1e-6)
+    assert reference.raw["grid"].abs().sum() > 0
+
+
+def test_explain_inside_no_grad_gives_the_same_maps():
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    free = explain(Tiny("tokens"), x, "gradcam", layer="grid")
+    with torch.no_grad():
+        inside = explain(Tiny("tokens"), x, "gradcam", layer="grid")
+    torch.testing.assert_close(inside.maps, free.maps, rtol=0, atol=0)
+    assert free.maps.amax() == 1
+
+
+class AsGrid(nn.Module):
+    """The target layer followed by its grid: captum's layer sees (N, C, H, W)."""
+
+    def __init__(self, inner: nn.Module, view: GridView):
+        super().__init__()
+        self.inner, self.view, self.grid = inner, view, nn.Identity()
+
+    def forward(self, x):
+        out = self.inner(x)
+        return self.view.from_grid(self.grid(self.view.to_grid(out)), out)
+
+
+@pytest.mark.parametrize(("name", "layer", "grid"), [
+    ("swin_t", "features", (7, 7)),
+    ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", (14, 14)),
+])
+def test_swin_and_vit_gradcam_equal_captum_with_the_same_reshape(name, layer, grid):
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    if name.startswith("vit"):  # torchvision zeroes the head: every logit would be constant
+        nn.init.normal_(model.heads.head.weight, std=0.02)
+    loaded = vistool.load_model(model, device="cpu")
+    assert loaded.default_layer == layer
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    result = explain(loaded, x, "gradcam")
+    ours = result.raw[layer]
+    assert ours.shape == (1, *grid) and ours.amax() > 0
+    parent, _, child = layer.rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    view = grid_view(layer, torch.zeros(1, *{"swin_t": (7, 7, 768)}.get(name, (197, 768))),
+                     (224, 224))
+    wrapped = AsGrid(getattr(holder, child), view)
+    setattr(holder, child, wrapped)
+    attr = LayerGradCam(model, wrapped.grid).attribute(x, target=result.targets,
+                                                       relu_attributions=True)
+    assert (ours - attr[:, 0]).abs().max() <= 1e-5 * attr.abs().max()
+
+
+def test_gradcam_command_maps_swin_on_its_grid_and_refuses_a_layer_without_one(tmp_path,
+                                                                               capsys):
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    out = tmp_path / "out"
+    assert main(["gradcam", "--model", "swin_t", "--weights", "none", "--input-size", "112",
+                 "--out", str(out), str(tmp_path / "img.png")]) == 0
+    info = json.loads((out / "manifest.json").read_text())
+    (raw,) = info["outputs"][0]["raw"]
+    assert np.load(out / raw).shape == (4, 4)
+    assert info["options"]["layer"] == ["features"] and info["options"]["layout"] == "auto"
+    capsys.readouterr()
+    status = main(["gradcam", "--model", "swin_t", "--weights", "none", "--input-size", "112",
+                   "--layer", "head", "--out", str(tmp_path / "bad"), str(tmp_path / "img.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and "'head' outputs Tensor of shape (1, 1000)" in err[-1]
+    assert "--layout nchw|nhwc|tokens" in err[-1] and not (tmp_path / "bad").exists()
