@@ -170,3 +170,65 @@ def test_gradcam_command_maps_swin_on_its_grid_and_refuses_a_layer_without_one(t
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and "'head' outputs Tensor of shape (1, 1000)" in err[-1]
     assert "--layout nchw|nhwc|tokens" in err[-1] and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+def test_activations_are_channel_grids_for_channels_last_and_token_layers(layout):
+    from vistool.explainers.activations import activations
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reference = activations(Tiny("nchw"), x, ["grid", "fc"])
+    result = activations(Tiny(layout), x, ["grid", "fc"])
+    torch.testing.assert_close(result.layers["grid"], reference.layers["grid"], rtol=0, atol=0)
+    assert result.layouts == {"grid": layout, "fc": None}
+    assert reference.layouts["grid"] == "nchw" and result.layers["fc"].shape == (2, 3)
+    with pytest.raises(vistool.LayerError, match="as nchw"):
+        activations(Tiny("tokens"), x, "grid", layout="nchw")
+
+
+def test_activations_command_renders_swin_channels_last_grids(tmp_path):
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    out = tmp_path / "out"
+    assert main(["activations", "--model", "swin_t", "--weights", "none", "--input-size", "112",
+                 "--channels", "0-15", "--out", str(out), str(tmp_path / "img.png")]) == 0
+    (entry,) = json.loads((out / "manifest.json").read_text())["outputs"]
+    assert entry["layer"] == "features" and entry["layout"] == "nhwc"
+    assert entry["shape"] == [768, 4, 4] and np.load(out / entry["npy"]).shape == (768, 4, 4)
+
+
+def test_an_error_inside_the_models_forward_is_one_line_and_debug_shows_it(tmp_path, capsys):
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    argv = ["gradcam", "--model", "vit_b_16", "--weights", "none", "--input-size", "112",
+            "--layer", "encoder", "--out", str(tmp_path / "out"), str(tmp_path / "img.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "failed in its VisionTransformer module (AssertionError: Wrong " \
+        "image height! Expected 224 but got 112!) on an input of --input-size 112" in err[0]
+    assert "rerun with --debug" in err[0] and not (tmp_path / "out").exists()
+    with pytest.raises(AssertionError, match="Wrong image height"):
+        main([*argv, "--debug"])
+
+
+def test_weights_none_takes_the_input_size_the_architecture_was_built_for(monkeypatch):
+    """vit_h_14's default weights are for 518 pixels; the model built without them for 224."""
+    from torchvision.models import VisionTransformer
+
+    def tiny(name, weights=None, **kwargs):  # vit_h_14's structure at a test's cost
+        assert name == "vit_h_14" and weights is None
+        return VisionTransformer(224, 16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=8)
+
+    monkeypatch.setattr(torchvision.models, "get_model", tiny)
+    loaded = vistool.load_model("vit_h_14", weights="none", device="cpu")
+    assert loaded.input_size == (3, 224, 224)
+    assert loaded.preprocess(np.zeros((300, 400, 3), np.uint8)).shape == (1, 3, 224, 224)
+
+
+def test_a_zero_head_is_not_taken_for_a_closed_form():
+    from vistool.explainers.cam import linear_head
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    x = torch.zeros(1, 3, 8, 8)
+    assert linear_head(model, "0", x) is model[3]
+    nn.init.zeros_(model[3].weight)
+    assert linear_head(nn.Sequential(*model), "0", x) is None  # a new model: no cached probe

@@ -5,7 +5,9 @@ imports torch only when it runs, so ``vistool --help`` answers at once. Adding a
 is one new module and one entry in ``COMMANDS``.
 
 User mistakes (a missing image, an unknown layer, a mismatched checkpoint ...) print one
-line ``vistool: error: ...`` on stderr and exit with status 2.
+line ``vistool: error: ...`` on stderr and exit with status 2, and so does an error raised
+inside the model's own forward pass (a fixed-size model given another size ...): it names
+the module and the options that fix it; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -34,10 +36,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vistool", description="Make trained convolutional networks explain themselves.")
     parser.add_argument("--version", action="version", version=f"vistool {__version__}")
+    debug = "show the full Python traceback of an error instead of its one-line summary"
+    parser.add_argument("--debug", action="store_true", help=debug)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f".{name}", __name__).add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=debug)
     return parser
+
+
+def _failed_module(exc: BaseException) -> str | None:
+    """The class of the innermost ``nn.Module`` whose forward ``exc`` came out of, or None
+    when it was not raised inside a model."""
+    nn = getattr(sys.modules.get("torch"), "nn", None)
+    found, tb = None, exc.__traceback__
+    while nn is not None and tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if tb.tb_frame.f_code.co_name == "forward" and isinstance(owner, nn.Module):
+            found = type(owner).__name__
+        tb = tb.tb_next
+    return found
+
+
+def _model_error(args: argparse.Namespace, exc: Exception, module: str) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    size = getattr(args, "input_size", None)
+    given = f"--input-size {size}" if size else "the model's default input size"
+    return (f"the model failed in its {module} module ({type(exc).__name__}: {first}) on "
+            f"an input of {given}; if the model expects another size or normalisation, "
+            "pass --input-size (and --mean/--std); rerun with --debug for the traceback")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VistoolError as exc:
         message = " ".join(str(exc).split())
         print(f"vistool: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
+        module = None if args.debug else _failed_module(exc)
+        if module is None:
+            raise  # not the model's own error (a bug of vistool's): the whole traceback
+        print(f"vistool: error: {_model_error(args, exc, module)}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         sys.stderr.close()

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from ..core.errors import VistoolError
+from ..explainers.names import LAYOUTS
 from .options import (
     add_model_options,
     add_out_option,
@@ -33,6 +34,10 @@ def add_parser(sub) -> None:
                    help="matplotlib colormap (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="images per forward pass (default: %(default)s)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="how the layers hold their grid: nchw, nhwc (channels-last, Swin) or "
+                        "tokens ((N, [class token +] H*W, D), ViT), shown as channel grids; "
+                        "auto detects it (default: %(default)s)")
     add_out_option(p, "activations")
     p.set_defaults(func=run)
 
@@ -47,16 +52,17 @@ def run(args: argparse.Namespace) -> int:
     out_dir = resolve_run_dir(args.out, "activations")
     with run_directory(out_dir) as staging:
         for first, batch in batches:
-            result = activations(loaded, batch, layers)
+            result = activations(loaded, batch, layers, args.layout)
             for j in range(len(batch)):
                 for layer in layers:
                     outputs.append(_save_layer(args, staging, paths[first + j], first + j,
                                                layer, result.layers[layer][j]))
+                    outputs[-1]["layout"] = result.layouts[layer]
         info = manifest(
             "activations", [str(p) for p in paths],
             {"model": args.model, "weights": args.checkpoint or args.weights, "layers": layers,
              "channels": args.channels, "normalization": args.normalization,
-             "colormap": args.colormap, "device": str(loaded.device)},
+             "colormap": args.colormap, "layout": args.layout, "device": str(loaded.device)},
             outputs, timings={"seconds": round(time.perf_counter() - start, 4)},
             model=loaded.describe())
         save_json(staging / "manifest.json", info)

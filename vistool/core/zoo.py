@@ -308,13 +308,16 @@ def _from_factory(spec: str, weights: str) -> _Built:
 def _from_torchvision(name: str, weights: str) -> _Built:
     model, enum = _build_torchvision(name, pretrained=weights == "default")
     preset = enum.transforms()
-    crop = int(preset.crop_size[0])
+    crop, resize = int(preset.crop_size[0]), int(preset.resize_size[0])
+    built_for = getattr(model, "image_size", None)  # fixed-size architectures (ViT) say it
+    if isinstance(built_for, int) and built_for != crop:  # e.g. vit_h_14 without its weights
+        crop, resize = built_for, round(built_for * resize / crop)
     meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
             "classes": enum.meta.get("categories")}
     pretrained = weights == "default"
     described = f"torchvision {enum}" if pretrained else "random initialisation (--weights none)"
     return _Built(model, meta, described if weights in ("default", "none") else "",
-                  weights == "none", int(preset.resize_size[0]))
+                  weights == "none", resize)
 
 
 def _from_book(name: str, weights: str) -> _Built:

@@ -142,8 +142,8 @@ def _probe_linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn
         modules = dict(model.named_modules())
         head = next((modules[n] for n in names if n in rec and rec[n].shape == out.shape
                      and torch.equal(rec[n], out)), None)
-        if head is None or head.in_features != act.shape[1]:
-            return None
+        if head is None or head.in_features != act.shape[1] or not head.weight.any():
+            return None  # a zero head (torchvision's untrained ViT) makes every output equal
         generator = torch.Generator(device=act.device).manual_seed(0)
         probe = torch.randn(act.shape, generator=generator, device=act.device, dtype=act.dtype)
         with replaced_output(model, layer, lambda _out: probe.clone()):  # in-place ops after
@@ -510,13 +510,11 @@ def explain(
         channels: ``scorecam`` only: use the k highest-variance channels (Faster Score-CAM)
             instead of all.
         progress: show a progress bar for the many-forward methods.
-        layout: how the layers' outputs hold their grid: ``"auto"`` (detected from the
-            output and input shapes), ``"nchw"``, ``"nhwc"`` (channels-last, Swin) or
-            ``"tokens"`` ((N, [class tokens +] h·w, D), ViT); see
-            :func:`vistool.core.layout.grid_view`. Maps have the grid's shape.
+        layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT): how the
+            layers hold their grid (:func:`vistool.core.layout.grid_view`).
 
-    The model runs in eval mode and gets its train/eval flags, ``requires_grad`` and
-    ``.grad`` back; no hooks remain, also when this raises.
+    The model runs in eval mode and gets its flags, ``requires_grad`` and ``.grad`` back;
+    no hooks remain, also when this raises.
 
     Raises:
         TargetError: a target index is out of range, or targets do not match the batch.
