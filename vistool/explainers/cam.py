@@ -507,8 +507,7 @@ def explain(
         batch_size: at most this many masked forwards per batch for ``scorecam`` and
             ``ablationcam``; on CPU fewer when an activation of the batch would exceed
             32 MiB (see :func:`vistool.inference.many_forwards_batch`).
-        channels: ``scorecam`` only: use the k highest-variance channels (Faster Score-CAM)
-            instead of all.
+        channels: ``scorecam``: only the k highest-variance channels (Faster Score-CAM).
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT): how the
             layers hold their grid (:func:`vistool.core.layout.grid_view`).
