@@ -232,3 +232,18 @@ def test_a_zero_head_is_not_taken_for_a_closed_form():
     assert linear_head(model, "0", x) is model[3]
     nn.init.zeros_(model[3].weight)
     assert linear_head(nn.Sequential(*model), "0", x) is None  # a new model: no cached probe
+
+
+def test_a_reshape_callable_maps_any_layout_and_ablation_refuses_it():
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    reference = explain(Tiny("nchw"), x, "layercam", targets=2, layer="grid")
+
+    def reshape(tokens):  # what pytorch-grad-cam users write by hand
+        return tokens[:, 1:].reshape(len(tokens), 4, 4, -1).permute(0, 3, 1, 2)
+
+    result = explain(Tiny("tokens"), x, "layercam", targets=2, layer="grid", reshape=reshape)
+    torch.testing.assert_close(result.raw["grid"], reference.raw["grid"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(vistool.VistoolError, match="cannot invert"):
+        explain(Tiny("tokens"), x, "ablationcam", targets=2, layer="grid", reshape=reshape)
+    with pytest.raises(vistool.LayerError, match=r"into shape \(2, 17\); it must return"):
+        explain(Tiny("tokens"), x, "gradcam", layer="grid", reshape=lambda t: t.sum(2))

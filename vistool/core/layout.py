@@ -9,14 +9,14 @@ height as a channel axis.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .errors import LayerError
+from .errors import LayerError, VistoolError
 
-__all__ = ["LAYOUTS", "GridView", "detect", "grid_view"]
+__all__ = ["LAYOUTS", "GridView", "ReshapeView", "detect", "grid_view"]
 
 #: The layouts a user can name (``--layout``); ``auto`` detects them.
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
@@ -62,6 +62,24 @@ class GridView:
         return torch.cat([like[:grid.shape[0], :self.extra].to(flat), flat], 1)
 
 
+@dataclass(frozen=True)
+class ReshapeView:
+    """A user's ``reshape(output) -> (N, C, H, W)`` (anything the built-in layouts miss),
+    applied to the output and, the same way, to its gradient. It cannot be inverted, so
+    a method that writes the layer's output back (Ablation-CAM) refuses it."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    layout: str = "reshape"
+
+    def to_grid(self, value: torch.Tensor, lead: int = 1) -> torch.Tensor:
+        grid = self.fn(value.reshape(-1, *value.shape[lead:]))
+        return grid.reshape(*value.shape[:lead], *grid.shape[1:])
+
+    def from_grid(self, grid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        raise VistoolError("ablationcam writes the layer's output back, which a reshape= "
+                           "callable cannot invert; give layout= instead or use another method")
+
+
 def _fits(grid: Sequence[int], size: Sequence[int]) -> bool:
     """Whether ``grid`` (h, w) can be ``size`` (H, W) seen through one stride: within the
     image, and w less than one position from W·h/H."""
@@ -92,8 +110,9 @@ def detect(shape: Sequence[int], size: Sequence[int]) -> GridView | None:
     return None
 
 
-def grid_view(name: str, output: torch.Tensor, size: Sequence[int],
-              layout: str = "auto") -> GridView:
+def grid_view(name: str, output: torch.Tensor, size: Sequence[int], layout: str = "auto",
+              reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> GridView | ReshapeView:
     """How layer ``name``'s ``output`` maps to (N, C, H, W) for an input of ``size`` (H, W).
 
     ``auto`` detects it: a 4-d output is (N, C, H, W) when its last two dims fit the input
@@ -101,10 +120,18 @@ def grid_view(name: str, output: torch.Tensor, size: Sequence[int],
     when its count, less up to two leading class tokens, factors into such a grid. Named
     layouts are checked against the shape.
 
+    ``reshape`` (a callable, output -> (N, C, H, W)) replaces the detection.
+
     Raises:
-        LayerError: the output has no grid the layout allows; the message names the shape
-            and the ``--layout`` choices.
+        LayerError: the output has no grid the layout allows, or ``reshape`` does not give
+            a 4-d tensor; the message names the shape and the ``--layout`` choices.
     """
+    if reshape is not None:
+        shape = tuple(getattr(reshape(output), "shape", ()))
+        if len(shape) != 4:
+            raise LayerError(f"reshape= turned layer {name!r}'s output into shape {shape}; it "
+                             "must return (N, C, H, W)")
+        return ReshapeView(reshape)
     if layout not in LAYOUTS:
         raise LayerError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     shape = tuple(output.shape) if isinstance(output, torch.Tensor) else ()

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..core.errors import TargetError, VistoolError, suggestion
 from ..core.hooks import record, replaced_output
 from ..core.layers import default_layer as find_default_layer
-from ..core.layout import GridView, grid_view
+from ..core.layout import GridView, ReshapeView, grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..render import normalize
@@ -87,7 +87,7 @@ class _Context:
     method: str
     layers: list[str]
     acts: dict[str, torch.Tensor]  # per layer, as the layer outputs it, in the graph
-    views: dict[str, GridView]  # per layer: its output as (N, K, h, w)
+    views: dict[str, GridView | ReshapeView]  # per layer: its output as (N, K, h, w)
     index: torch.Tensor | None  # class indices (N, k); None for a callable target
     scores: torch.Tensor  # the explained outputs (N, k)
     logits: torch.Tensor
@@ -430,9 +430,9 @@ def _scores(output: torch.Tensor, targets: Targets, topk: int | None,
 
 
 def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: Targets,
-             topk: int | None, gradients: bool, layout: str) -> tuple[
-                 dict[str, torch.Tensor], dict[str, GridView], torch.Tensor | None,
-                 torch.Tensor, torch.Tensor]:
+             topk: int | None, gradients: bool, layout: str, reshape) -> tuple[
+                 dict[str, torch.Tensor], dict[str, GridView | ReshapeView],
+                 torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """One forward pass: the layers' outputs (in the autograd graph with ``gradients``) and
     how each maps to (N, K, h, w), the class indices, the scores and the logits."""
     with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec:
@@ -443,7 +443,8 @@ def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: T
         raise VistoolError(f"layer {missing[0]!r} did not run in the forward pass; "
                            "pick a layer that 'vistool layers' lists with a shape")
     acts = {name: rec[name] for name in layers}
-    views = {name: grid_view(name, act, images.shape[2:], layout) for name, act in acts.items()}
+    views = {name: grid_view(name, act, images.shape[2:], layout, reshape)
+             for name, act in acts.items()}
     return acts, views, index, scores, logits
 
 
@@ -488,6 +489,7 @@ def explain(
     channels: int | None = None,
     progress: bool = False,
     layout: str = "auto",
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CamResult:
     """Explain the predictions of a classifier for a batch of images with a class activation map.
 
@@ -505,15 +507,14 @@ def explain(
         closed_form: use the closed form of a GAP + linear head: None detects it, False
             always back-propagates, True requires it. ``cam`` always requires it.
         batch_size: at most this many masked forwards per batch for ``scorecam`` and
-            ``ablationcam``; on CPU fewer when an activation of the batch would exceed
-            32 MiB (see :func:`vistool.inference.many_forwards_batch`).
+            ``ablationcam`` (:func:`vistool.inference.many_forwards_batch`).
         channels: ``scorecam``: only the k highest-variance channels (Faster Score-CAM).
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT): how the
-            layers hold their grid (:func:`vistool.core.layout.grid_view`).
+            layers hold their grid (:func:`vistool.core.layout.grid_view`); ``reshape``, a
+            callable layer output -> (N, C, H, W), for any other (not with ablationcam).
 
-    The model runs in eval mode and gets its flags, ``requires_grad`` and ``.grad`` back;
-    no hooks remain, also when this raises.
+    Runs in eval mode; the flags, ``requires_grad`` and ``.grad`` come back; no hook remains.
 
     Raises:
         TargetError: a target index is out of range, or targets do not match the batch.
@@ -529,7 +530,7 @@ def explain(
         heads, closed = _heads(net, images, layers, method, closed_form, targets)
         gradients = method in GRADIENT_METHODS and not closed
         acts, views, index, scores, logits = _forward(net, images, layers, targets, topk,
-                                                      gradients, layout)
+                                                      gradients, layout, reshape)
         ctx = _Context(net=net, images=images, method=method, layers=layers, acts=acts,
                        views=views, index=index, scores=scores, logits=logits, heads=heads,
                        closed_form=closed, batch_size=batch_size, channels=channels,
