@@ -247,3 +247,33 @@ def test_a_reshape_callable_maps_any_layout_and_ablation_refuses_it():
         explain(Tiny("tokens"), x, "ablationcam", targets=2, layer="grid", reshape=reshape)
     with pytest.raises(vistool.LayerError, match=r"into shape \(2, 17\); it must return"):
         explain(Tiny("tokens"), x, "gradcam", layer="grid", reshape=lambda t: t.sum(2))
+
+
+@pytest.mark.parametrize(("name", "size"), [
+    ("alexnet", 96), ("densenet121", 64), ("efficientnet_b0", 64), ("regnet_x_400mf", 64),
+    ("convnext_tiny", 64), ("mobilenet_v3_small", 64), ("mnasnet0_5", 64),
+    ("shufflenet_v2_x0_5", 64), ("squeezenet1_0", 64), ("googlenet", 64),
+    ("inception_v3", 96), ("maxvit_t", 224), ("swin_t", 64),
+])
+def test_one_model_per_family_maps_its_grid_and_equals_captum(name, size):
+    from captum.attr import LayerGradCam
+
+    torch.manual_seed(0)
+    loaded = vistool.load_model(name, weights="none", input_size=size, device="cpu")
+    model, layer = loaded.model, loaded.default_layer
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    result = explain(loaded, x, "gradcam")
+    with torch.no_grad(), vistool.record(model, [layer]) as rec:
+        model(x)
+    view = grid_view(layer, rec[layer], (size, size))
+    ours = result.raw[layer]
+    assert ours.shape == (1, *view.grid)
+    module = model.get_submodule(layer)
+    if view.layout != "nchw":
+        parent, _, child = layer.rpartition(".")
+        module = AsGrid(module, view)
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+        module = module.grid
+    theirs = LayerGradCam(model, module).attribute(x, target=result.targets,
+                                                   relu_attributions=True)[:, 0].detach()
+    assert (ours - theirs).abs().max() <= 1e-5 * max(float(theirs.abs().max()), 1e-12)
