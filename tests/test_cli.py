@@ -199,7 +199,8 @@ def test_explain_commands_reject_bad_targets(capsys, tmp_path, shapes_ckpt, imag
 def test_attribute_writes_raw_input_attributions(capsys, tmp_path, shapes_ckpt, images):
     out_dir = tmp_path / "attr"
     status, _, err = run(capsys, "attribute", "--model", shapes_ckpt, "--method", "saliency",
-                         "--smooth", "2", "--seed", "3", "--out", out_dir, images)
+                         "--smooth", "2", "--seed", "3", "--out", out_dir,
+                         images / "one.png", images / "two.jpg")
     assert status == 0, err
     meta = json.loads((out_dir / "manifest.json").read_text())
     assert meta["seed"] == 3

@@ -155,6 +155,63 @@ def manifest(kind: str, inputs: list[str], options: Mapping[str, Any], outputs: 
     }
 
 
+INDEX = "index.csv"
+
+
+def read_index(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of an index table (CSV with a header), or [] when it does not exist."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_rows(path: str | os.PathLike, rows: list[Mapping[str, Any]],
+                fields: list[str]) -> None:
+    """Append ``rows`` to the CSV at ``path`` (header first when new), flushed to disk
+    before returning, so a killed process loses at most the rows it had not appended."""
+    import csv
+
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_index(path: str | os.PathLike, rows: list[Mapping[str, Any]],
+                fields: list[str]) -> list[Path]:
+    """Write ``rows`` as CSV atomically, and as Parquet next to it when pyarrow is
+    installed; returns the files written."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+    written = [path]
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return written
+    table = pa.table({f: [str(r.get(f, "")) for r in rows] for f in fields})
+    with atomic_path(path.with_suffix(".parquet")) as tmp:
+        pq.write_table(table, str(tmp))
+    return [*written, path.with_suffix(".parquet")]
+
+
 _GALLERY_STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa;color:#222}
 section{margin-bottom:2.5em} figure{display:inline-block;margin:.5em;vertical-align:top}

@@ -22,7 +22,10 @@ def add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> No
     """Model options, images, ``--method --layer --target --alpha --colormap --batch-size
     --out --json``."""
     add_model_options(p)
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files or directories")
+    p.add_argument("images", nargs="+", metavar="IMG",
+                   help="image files; or, streamed with one index.csv row per image, folders "
+                        "(recursive), glob patterns ('photos/**/*.jpg'), @list.txt (one path "
+                        "per line) or a dataset: imagefolder:DIR, shapes[:N], digits")
     p.add_argument("--method", choices=methods, default=default,
                    help="explanation method (default: %(default)s)")
     p.add_argument("--layer", "-l", action="append",
@@ -39,13 +42,29 @@ def add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> No
     add_out_option(p, p.prog.split()[-1])
     p.add_argument("--json", action="store_true",
                    help="also print the manifest (predictions, files, timings) to stdout")
+    many = p.add_argument_group("folder, list and dataset runs")
+    many.add_argument("--workers", type=int, default=2,
+                      help="DataLoader processes that read images (default: %(default)s)")
+    many.add_argument("--no-images", action="store_true",
+                      help="only index.csv: no overlay or raw map per image")
+    many.add_argument("--strict", action="store_true",
+                      help="fail (status 2) when any image cannot be read; by default it "
+                           "is a row with its error and the run goes on")
+    many.add_argument("--overwrite", action="store_true",
+                      help="start afresh in an --out that holds an earlier run (by default "
+                           "the images its index holds are skipped: a killed run resumes)")
 
 
 def run(args: argparse.Namespace, compute, options: dict, seed: int | None = None) -> int:
     """Explain every image with ``compute(loaded, batch, layers, target) -> (result, raw)``,
     write overlays, heatmaps, raw maps and the manifest (``options`` are the command's own)."""
+    from ..data.sources import is_collection
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json
 
+    if is_collection(args.images):
+        from . import streaming
+
+        return streaming.run(args, compute, options, seed)
     paths, loaded, layers, batches = prepare_images(args)
     target = None if args.target is None else loaded.class_index(args.target)
     out_dir = resolve_run_dir(args.out, args.command)

@@ -1,0 +1,205 @@
+"""Runs over folders, globs, lists and datasets (``gradcam``, ``attribute``): images streamed
+through a DataLoader, one row per image in ``index.csv`` (unreadable ones with their
+error), resumable, and sharded over the processes of ``torchrun``.
+
+The run directory is written as the run goes: each batch's files, then its rows appended
+(flushed) to this process's part of the index. Rerunning the same command skips the images
+the index already holds, so a killed run loses at most the batch in flight; at the end the
+first process merges the parts into ``index.csv`` and writes ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..core.errors import VistoolError
+from .options import load, predictions, slug
+
+FIELDS = ["path", "status", "error", "predicted", "predicted_name", "predicted_prob", "target",
+          "target_name", "target_prob", "method", "layer", "peak_y", "peak_x",
+          "centre_energy", "entropy", "overlay", "raw"]
+_PART = ".index.part{}.csv"
+
+
+def _processes():
+    """(rank, world, device) of this process: under ``torchrun`` a gloo (CPU) or nccl
+    (CUDA, one GPU per process) group is started."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else None
+    return dist.get_rank(), world, device
+
+
+def _done(out: Path, overwrite: bool) -> dict[str, dict]:
+    """The rows already in ``out`` (index and parts of an interrupted run), by path."""
+    from ..outputs import INDEX, read_index
+
+    if overwrite:
+        return {}
+    rows = read_index(out / INDEX)
+    for part in sorted(out.glob(_PART.format("*"))):
+        rows += read_index(part)
+    return {row["path"]: row for row in rows}
+
+
+def _check_out(out: Path) -> None:
+    from ..outputs import INDEX
+
+    if out.exists() and not out.is_dir():
+        raise VistoolError(f"--out {str(out)!r} is a file; give a new or empty directory")
+    resumable = (out / INDEX).exists() or any(out.glob(_PART.format("*")))
+    if out.is_dir() and any(out.iterdir()) and not resumable:
+        raise VistoolError(f"output directory {str(out)!r} is not empty and holds no "
+                           "index.csv of an earlier run; choose another --out")
+
+
+def _start(out: Path, overwrite: bool, rank: int, world: int) -> dict[str, dict]:
+    """Every process reads what is done before any writes (``--overwrite``: the first one
+    drops the old index first)."""
+    from ..outputs import INDEX
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for stale in [out / INDEX, *out.glob(_PART.format("*"))]:
+                stale.unlink()
+    _barrier(world)
+    done = _done(out, overwrite=False)
+    _barrier(world)
+    return done
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _rows(args, staging: Path, loaded, sources, positions, batch, result, raw, layers):
+    """One index row per explained image (files written unless ``--no-images``)."""
+    from ..core.imageio import deprocess
+    from ..explainers.stats import map_statistics
+    from ..outputs import save_npy, save_png
+    from ..render import enlarge, overlay
+
+    stats = {k: v.tolist() for k, v in map_statistics(result.maps.float().cpu()).items()}
+    top = predictions(loaded, result.logits, 1)
+    views = deprocess(batch, loaded.mean, loaded.std)
+    rows = []
+    for j, position in enumerate(positions):
+        source, cls = sources[position], int(result.targets[j])
+        row = {"path": source.key, "status": "ok", "error": "",
+               "predicted": top[j][0]["index"], "predicted_name": top[j][0]["name"] or "",
+               "predicted_prob": top[j][0]["prob"], "target": cls,
+               "target_name": loaded.class_name(cls) or "",
+               "target_prob": round(float(result.probs[j]), 6), "method": args.method,
+               "layer": ",".join(layers), **{k: round(v[j], 6) for k, v in stats.items()}}
+        if not args.no_images:
+            key = hashlib.sha1(source.key.encode()).hexdigest()[:8]  # unique per path
+            base = f"{slug(Path(source.key).stem)}-{key}_{slug(args.method)}_c{cls}"
+            save_png(staging / f"{base}_overlay.png", enlarge(overlay(
+                views[j], result.maps[j], args.alpha, args.colormap)))
+            save_npy(staging / f"{base}_raw.npy", next(iter(raw.values()))[j])
+            row.update(overlay=f"{base}_overlay.png", raw=f"{base}_raw.npy")
+        rows.append(row)
+    return rows
+
+
+def _stream(args, loaded, sources, todo, compute, layers, target, out: Path, rank: int):
+    """Explain ``todo`` (positions in ``sources``), appending rows to this process's part."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ..data.sources import ImageStream, collate
+    from ..outputs import append_rows
+
+    loader = DataLoader(ImageStream([sources[i] for i in todo], loaded.transform),
+                        batch_size=args.batch_size, num_workers=args.workers,
+                        collate_fn=collate, pin_memory=loaded.device.type == "cuda")
+    part = out / _PART.format(rank)
+    bar = tqdm(total=len(todo), desc=args.command, unit="img", file=sys.stderr,
+               disable=rank != 0 or args.json)
+    for positions, batch, errors in loader:
+        rows = [{"path": sources[todo[p]].key, "status": "error", "error": e,
+                 "method": args.method} for p, e in errors.items()]
+        if batch is not None:
+            batch = batch.to(loaded.device, non_blocking=True)
+            result, raw = compute(loaded, batch, layers, target)
+            rows += _rows(args, out, loaded, sources, [todo[p] for p in positions], batch,
+                          result, raw, layers)
+        append_rows(part, rows, FIELDS)
+        bar.update(len(positions) + len(errors))
+    bar.close()
+
+
+def _finish(args, out: Path, sources, options, seconds: float, world: int, loaded,
+            seed: int | None) -> dict:
+    """Merge the parts into ``index.csv`` (in the sources' order) and write the manifest."""
+    from ..outputs import INDEX, manifest, save_json, write_index
+
+    rows = _done(out, overwrite=False)
+    ordered = [rows[s.key] for s in sources if s.key in rows]
+    written = write_index(out / INDEX, ordered, FIELDS)
+    for part in out.glob(_PART.format("*")):
+        part.unlink()
+    errors = sum(row["status"] != "ok" for row in ordered)
+    info = manifest(args.command, [str(i) for i in args.images], options,
+                    [p.name for p in written], seed=seed,
+                    timings={"seconds": round(seconds, 3)},
+                    model=loaded.describe(), images=len(ordered), errors=errors,
+                    processes=world)
+    save_json(out / "manifest.json", info)
+    return info
+
+
+def run(args: argparse.Namespace, compute, options: dict, seed: int | None = None) -> int:
+    """The streamed run: every image of ``args.images`` explained once, resumably."""
+    from ..core.layers import resolve_layers
+    from ..data.sources import collect
+    from ..outputs import resolve_run_dir
+
+    if getattr(args, "topk", None):
+        raise VistoolError("--topk explains several classes per image; a folder, list or "
+                           "dataset run indexes one (the predicted or --target class)")
+    out = resolve_run_dir(args.out, args.command)
+    _check_out(out)
+    sources = collect(args.images)
+    rank, world, device = _processes()
+    if device is not None and args.device == "auto":
+        args.device = device
+    loaded = load(args)
+    layers = args.layer or [loaded.default_layer]
+    resolve_layers(loaded.model, layers)
+    target = None if args.target is None else loaded.class_index(args.target)
+    done = _start(out, args.overwrite, rank, world)
+    todo = [i for i, s in enumerate(sources) if s.key not in done][rank::world]
+    start = time.perf_counter()
+    _stream(args, loaded, sources, todo, compute, layers, target, out, rank)
+    seconds = time.perf_counter() - start
+    _barrier(world)
+    if rank != 0:
+        return 0
+    info = _finish(args, out, sources, {**options, "method": args.method, "layer": layers,
+                                        "target": args.target, "model": args.model}, seconds,
+                   world, loaded, seed)
+    rate = len(todo) * world / seconds if seconds > 0 else 0.0
+    print(f"{info['images']} images in {out}/index.csv: {info['images'] - info['errors']} "
+          f"explained, {info['errors']} unreadable; {len(done)} were done before, "
+          f"{rate:.1f} images/s")
+    if info["errors"] and args.strict:
+        raise VistoolError(f"{info['errors']} image(s) could not be read (--strict); see the "
+                           f"error column of {out / 'index.csv'}")
+    return 0
