@@ -76,7 +76,7 @@ def test_activations_writes_grids_arrays_and_manifest(capsys, tmp_path, shapes_c
     out_dir = tmp_path / "out"
     status, out, err = run(capsys, "activations", "--model", shapes_ckpt, "--layer",
                            "features.3", "--layer", "features", "--channels", "0-2,3",
-                           "--out", out_dir, images)
+                           "--out", out_dir, images / "one.png", images / "two.jpg")
     assert status == 0, err
     assert f"wrote 4 activation grids to {out_dir}" in out
     names = sorted(p.name for p in out_dir.iterdir())
@@ -128,7 +128,8 @@ def test_bad_options_fail_cleanly(capsys, tmp_path, shapes_ckpt, images, extra, 
 def test_bad_images_fail_before_writing(capsys, tmp_path, shapes_ckpt, images):
     (images / "three.png").write_bytes(b"not a png")
     out_dir = tmp_path / "out"
-    status, _, err = run(capsys, "activations", "--model", shapes_ckpt, "--out", out_dir, images)
+    status, _, err = run(capsys, "activations", "--model", shapes_ckpt, "--out", out_dir,
+                         *sorted(images.iterdir()))  # named files: one bad file ends the run
     _assert_one_line_error(status, err, "three.png", "not an image")
     assert not out_dir.exists()
     status, _, err = run(capsys, "activations", "--model", shapes_ckpt, tmp_path / "gone.jpg")

@@ -187,7 +187,7 @@ def test_an_out_that_holds_something_else_is_refused(folder, tmp_path, capsys):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     assert main(argv(root, tmp_path / "other")) == 2
-    assert "holds no index.csv of an earlier run" in capsys.readouterr().err
+    assert "holds no index.csv of an earlier run to resume" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "other").iterdir()] == ["keep.txt"]
 
 
@@ -200,3 +200,20 @@ def test_map_statistics_by_hand():
     torch.testing.assert_close(stats["peak_x"], torch.tensor([0.625, 0.125, 0.125]))
     torch.testing.assert_close(stats["centre_energy"], torch.tensor([1.0, 0.25, 0.0]))
     torch.testing.assert_close(stats["entropy"], torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_activations_folder_run_indexes_each_image_once_with_its_layers(folder, tmp_path):
+    root, bad = folder
+    out = tmp_path / "acts"
+    argv_ = ["activations", "--model", f"{root / 'net.py'}:make", "--input-size", "24",
+             "--layer", "features.0", "--layer", "features", "--workers", "1", "--out",
+             str(out), str(root / "images" / "part0")]
+    assert main(argv_) == 0
+    rows = index(out)
+    assert [r["path"] for r in rows] == sorted(str(p) for p in (root / "images" / "part0")
+                                               .glob("*.png"))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(rows) - sum(i % 3 == 0 for i in bad)
+    assert ok[0]["layer"] == "features.0;features" and ok[0]["shape"] == "8x24x24;8x12x12"
+    grid, array = ok[0]["grid"].split(";")[1], ok[0]["npy"].split(";")[1]
+    assert (out / grid).is_file() and np.load(out / array).shape == (8, 12, 12)

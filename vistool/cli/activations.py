@@ -8,11 +8,14 @@ import time
 from ..core.errors import VistoolError
 from ..explainers.names import LAYOUTS
 from .options import (
+    IMAGES_HELP,
+    add_many_options,
     add_model_options,
     add_out_option,
     channel_list,
     colormap,
     positive_int,
+    predictions,
     prepare_images,
     slug,
 )
@@ -23,7 +26,7 @@ def add_parser(sub) -> None:
                        description="Write a channel grid PNG, the raw .npy and channel "
                                    "statistics per image and layer, plus manifest.json.")
     add_model_options(p)
-    p.add_argument("images", nargs="+", metavar="IMG", help="image files or directories")
+    p.add_argument("images", nargs="+", metavar="IMG", help=IMAGES_HELP)
     p.add_argument("--layer", "-l", action="append",
                    help="layer name (repeatable; default: the model's default target layer)")
     p.add_argument("--channels", type=channel_list, metavar="RANGE",
@@ -39,13 +42,17 @@ def add_parser(sub) -> None:
                         "tokens ((N, [class token +] H*W, D), ViT), shown as channel grids; "
                         "auto detects it (default: %(default)s)")
     add_out_option(p, "activations")
+    add_many_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.sources import is_collection
     from ..explainers.activations import activations
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json
 
+    if is_collection(args.images):
+        return _run_stream(args)
     paths, loaded, layers, batches = prepare_images(args)
     start = time.perf_counter()
     outputs = []
@@ -87,3 +94,56 @@ def _save_layer(args, staging, path, index: int, layer: str, act) -> dict:
     stats = {k: v.tolist() for k, v in channel_stats(act).items()}
     return {"image": str(path), "layer": layer, "shape": list(act.shape), "png": f"{base}.png",
             "npy": f"{base}.npy", "caption": f"{path.name} · {layer}", "channel_stats": stats}
+
+
+FIELDS = ["path", "status", "error", "predicted", "predicted_name", "predicted_prob", "layer",
+          "shape", "layout", "mean", "max", "top_channel", "grid", "npy"]
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    """Folders, lists and datasets: one index row per image (several layers: values joined
+    by ';'), grids and arrays unless ``--no-images``."""
+    from ..explainers.activations import activations
+    from . import streaming
+
+    def process(loaded, batch, keys, layers, _target, out):
+        result = activations(loaded, batch, layers, args.layout)
+        top = predictions(loaded, result.logits, 1) if result.logits is not None else None
+        rows = []
+        for j, key in enumerate(keys):
+            cells = [_cells(args, out, key, layer, result.layers[layer][j],
+                            result.layouts[layer]) for layer in layers]
+            row = {k: ";".join(str(c[k]) for c in cells) for k in cells[0]}
+            if top is not None and len(top[j]) and top[j][0]["index"] is not None:
+                row.update(predicted=top[j][0]["index"], predicted_prob=top[j][0]["prob"],
+                           predicted_name=top[j][0]["name"] or "")
+            rows.append({"path": key, "status": "ok", "error": "", **row})
+        return rows
+
+    options = {"channels": args.channels, "normalization": args.normalization,
+               "colormap": args.colormap, "layout": args.layout}
+    return streaming.run(args, process, FIELDS, options)
+
+
+def _cells(args, out, key: str, layer: str, act, layout) -> dict:
+    from ..explainers.activations import channel_stats
+    from ..outputs import save_npy, save_png
+    from ..render import channel_grid
+    from .streaming import file_stem
+
+    if args.channels is not None and max(args.channels) >= act.shape[0]:
+        raise VistoolError(f"layer {layer!r} has {act.shape[0]} channels; --channels "
+                           f"must be within 0-{act.shape[0] - 1}")
+    stats = channel_stats(act)
+    cell = {"layer": layer, "shape": "x".join(map(str, act.shape)), "layout": layout or "",
+            "mean": round(float(stats["mean"].mean()), 6),
+            "max": round(float(stats["max"].max()), 6),
+            "top_channel": int(stats["mean"].argmax()), "grid": "", "npy": ""}
+    if not args.no_images:
+        base = f"{file_stem(key)}_{slug(layer)}"
+        save_npy(out / f"{base}.npy", act)
+        save_png(out / f"{base}.png", channel_grid(act, args.channels,
+                                                   normalization=args.normalization,
+                                                   colormap=args.colormap))
+        cell.update(grid=f"{base}.png", npy=f"{base}.npy")
+    return cell

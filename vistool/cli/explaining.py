@@ -7,6 +7,8 @@ import json
 import time
 
 from .options import (
+    IMAGES_HELP,
+    add_many_options,
     add_model_options,
     add_out_option,
     colormap,
@@ -22,10 +24,7 @@ def add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> No
     """Model options, images, ``--method --layer --target --alpha --colormap --batch-size
     --out --json``."""
     add_model_options(p)
-    p.add_argument("images", nargs="+", metavar="IMG",
-                   help="image files; or, streamed with one index.csv row per image, folders "
-                        "(recursive), glob patterns ('photos/**/*.jpg'), @list.txt (one path "
-                        "per line) or a dataset: imagefolder:DIR, shapes[:N], digits")
+    p.add_argument("images", nargs="+", metavar="IMG", help=IMAGES_HELP)
     p.add_argument("--method", choices=methods, default=default,
                    help="explanation method (default: %(default)s)")
     p.add_argument("--layer", "-l", action="append",
@@ -42,17 +41,7 @@ def add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> No
     add_out_option(p, p.prog.split()[-1])
     p.add_argument("--json", action="store_true",
                    help="also print the manifest (predictions, files, timings) to stdout")
-    many = p.add_argument_group("folder, list and dataset runs")
-    many.add_argument("--workers", type=int, default=2,
-                      help="DataLoader processes that read images (default: %(default)s)")
-    many.add_argument("--no-images", action="store_true",
-                      help="only index.csv: no overlay or raw map per image")
-    many.add_argument("--strict", action="store_true",
-                      help="fail (status 2) when any image cannot be read; by default it "
-                           "is a row with its error and the run goes on")
-    many.add_argument("--overwrite", action="store_true",
-                      help="start afresh in an --out that holds an earlier run (by default "
-                           "the images its index holds are skipped: a killed run resumes)")
+    add_many_options(p)
 
 
 def run(args: argparse.Namespace, compute, options: dict, seed: int | None = None) -> int:
@@ -64,7 +53,12 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
     if is_collection(args.images):
         from . import streaming
 
-        return streaming.run(args, compute, options, seed)
+        def process(loaded, batch, keys, layers, target, out):
+            result, raw = compute(loaded, batch, layers, target)
+            return streaming.map_rows(args, loaded, keys, batch, result, raw, layers, out)
+
+        return streaming.run(args, process, streaming.MAP_FIELDS,
+                             {**options, "method": args.method}, seed)
     paths, loaded, layers, batches = prepare_images(args)
     target = None if args.target is None else loaded.class_index(args.target)
     out_dir = resolve_run_dir(args.out, args.command)

@@ -119,6 +119,26 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="class names, one per line (default: from the weights/checkpoint)")
 
 
+IMAGES_HELP = ("image files; or, streamed with one index.csv row per image, folders "
+               "(recursive), glob patterns ('photos/**/*.jpg'), @list.txt (one path per line) "
+               "or a dataset: imagefolder:DIR, shapes[:N], digits")
+
+
+def add_many_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers --no-images --strict --overwrite`` of folder, list and dataset runs."""
+    many = parser.add_argument_group("folder, list and dataset runs")
+    many.add_argument("--workers", type=int, default=2,
+                      help="DataLoader processes that read images (default: %(default)s)")
+    many.add_argument("--no-images", action="store_true",
+                      help="only index.csv: no image or array files per image")
+    many.add_argument("--strict", action="store_true",
+                      help="fail (status 2) when any image cannot be read; by default it "
+                           "is a row with its error and the run goes on")
+    many.add_argument("--overwrite", action="store_true",
+                      help="start afresh in an --out that holds an earlier run (by default "
+                           "the images its index holds are skipped: a killed run resumes)")
+
+
 def add_out_option(parser: argparse.ArgumentParser, kind: str) -> None:
     """``--out``: a new or empty directory for the run."""
     parser.add_argument("--out", "-o", help="output directory, must be new or empty "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,10 +21,13 @@ from pathlib import Path
 from ..core.errors import VistoolError
 from .options import load, predictions, slug
 
-FIELDS = ["path", "status", "error", "predicted", "predicted_name", "predicted_prob", "target",
-          "target_name", "target_prob", "method", "layer", "peak_y", "peak_x",
-          "centre_energy", "entropy", "overlay", "raw"]
+BASE = ["path", "status", "error"]
+#: The index columns of gradcam and attribute runs.
+MAP_FIELDS = [*BASE, "predicted", "predicted_name", "predicted_prob", "target", "target_name",
+              "target_prob", "method", "layer", "peak_y", "peak_x", "centre_energy", "entropy",
+              "overlay", "raw"]
 _PART = ".index.part{}.csv"
+GALLERY = 32  # images of a run that its manifest lists for the gallery (index.csv has all)
 
 
 def _processes():
@@ -61,8 +65,9 @@ def _check_out(out: Path) -> None:
         raise VistoolError(f"--out {str(out)!r} is a file; give a new or empty directory")
     resumable = (out / INDEX).exists() or any(out.glob(_PART.format("*")))
     if out.is_dir() and any(out.iterdir()) and not resumable:
-        raise VistoolError(f"output directory {str(out)!r} is not empty and holds no "
-                           "index.csv of an earlier run; choose another --out")
+        raise VistoolError(f"output directory {str(out)!r} already exists and is not empty "
+                           "(and holds no index.csv of an earlier run to resume); choose "
+                           "another --out or remove it")
 
 
 def _start(out: Path, overwrite: bool, rank: int, world: int) -> dict[str, dict]:
@@ -88,8 +93,9 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _rows(args, staging: Path, loaded, sources, positions, batch, result, raw, layers):
-    """One index row per explained image (files written unless ``--no-images``)."""
+def map_rows(args, loaded, keys: list[str], batch, result, raw, layers, out: Path):
+    """One index row per explained image of ``batch`` (``keys`` name them): prediction,
+    target, map statistics, and the overlay and raw map written unless ``--no-images``."""
     from ..core.imageio import deprocess
     from ..explainers.stats import map_statistics
     from ..outputs import save_npy, save_png
@@ -99,27 +105,32 @@ def _rows(args, staging: Path, loaded, sources, positions, batch, result, raw, l
     top = predictions(loaded, result.logits, 1)
     views = deprocess(batch, loaded.mean, loaded.std)
     rows = []
-    for j, position in enumerate(positions):
-        source, cls = sources[position], int(result.targets[j])
-        row = {"path": source.key, "status": "ok", "error": "",
+    for j, key in enumerate(keys):
+        cls = int(result.targets[j])
+        row = {"path": key, "status": "ok", "error": "",
                "predicted": top[j][0]["index"], "predicted_name": top[j][0]["name"] or "",
                "predicted_prob": top[j][0]["prob"], "target": cls,
                "target_name": loaded.class_name(cls) or "",
                "target_prob": round(float(result.probs[j]), 6), "method": args.method,
                "layer": ",".join(layers), **{k: round(v[j], 6) for k, v in stats.items()}}
         if not args.no_images:
-            key = hashlib.sha1(source.key.encode()).hexdigest()[:8]  # unique per path
-            base = f"{slug(Path(source.key).stem)}-{key}_{slug(args.method)}_c{cls}"
-            save_png(staging / f"{base}_overlay.png", enlarge(overlay(
+            base = f"{file_stem(key)}_{slug(args.method)}_c{cls}"
+            save_png(out / f"{base}_overlay.png", enlarge(overlay(
                 views[j], result.maps[j], args.alpha, args.colormap)))
-            save_npy(staging / f"{base}_raw.npy", next(iter(raw.values()))[j])
+            save_npy(out / f"{base}_raw.npy", next(iter(raw.values()))[j])
             row.update(overlay=f"{base}_overlay.png", raw=f"{base}_raw.npy")
         rows.append(row)
     return rows
 
 
-def _stream(args, loaded, sources, todo, compute, layers, target, out: Path, rank: int):
-    """Explain ``todo`` (positions in ``sources``), appending rows to this process's part."""
+def file_stem(key: str) -> str:
+    """A file name for the image ``key``: its stem and a hash of the key (unique per path)."""
+    return f"{slug(Path(key).stem)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def _stream(args, loaded, sources, todo, process, layers, target, out: Path, rank: int,
+            fields: list[str]):
+    """Process ``todo`` (positions in ``sources``), appending rows to this process's part."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -131,33 +142,34 @@ def _stream(args, loaded, sources, todo, compute, layers, target, out: Path, ran
                         collate_fn=collate, pin_memory=loaded.device.type == "cuda")
     part = out / _PART.format(rank)
     bar = tqdm(total=len(todo), desc=args.command, unit="img", file=sys.stderr,
-               disable=rank != 0 or args.json)
+               disable=rank != 0 or getattr(args, "json", False) or not sys.stderr.isatty())
     for positions, batch, errors in loader:
-        rows = [{"path": sources[todo[p]].key, "status": "error", "error": e,
-                 "method": args.method} for p, e in errors.items()]
+        rows = [{"path": sources[todo[p]].key, "status": "error", "error": e}
+                for p, e in errors.items()]
         if batch is not None:
-            batch = batch.to(loaded.device, non_blocking=True)
-            result, raw = compute(loaded, batch, layers, target)
-            rows += _rows(args, out, loaded, sources, [todo[p] for p in positions], batch,
-                          result, raw, layers)
-        append_rows(part, rows, FIELDS)
+            keys = [sources[todo[p]].key for p in positions]
+            rows += process(loaded, batch.to(loaded.device, non_blocking=True), keys, layers,
+                            target, out)
+        append_rows(part, rows, fields)
         bar.update(len(positions) + len(errors))
     bar.close()
 
 
 def _finish(args, out: Path, sources, options, seconds: float, world: int, loaded,
-            seed: int | None) -> dict:
+            seed: int | None, fields: list[str]) -> dict:
     """Merge the parts into ``index.csv`` (in the sources' order) and write the manifest."""
     from ..outputs import INDEX, manifest, save_json, write_index
 
     rows = _done(out, overwrite=False)
     ordered = [rows[s.key] for s in sources if s.key in rows]
-    written = write_index(out / INDEX, ordered, FIELDS)
+    written = write_index(out / INDEX, ordered, fields)
     for part in out.glob(_PART.format("*")):
         part.unlink()
     errors = sum(row["status"] != "ok" for row in ordered)
+    shown = [{"png": (row.get("overlay") or row.get("grid", "")).split(";")[0],
+              "caption": row["path"]} for row in ordered if row.get("overlay") or row.get("grid")]
     info = manifest(args.command, [str(i) for i in args.images], options,
-                    [p.name for p in written], seed=seed,
+                    shown[:GALLERY], index=[p.name for p in written], seed=seed,
                     timings={"seconds": round(seconds, 3)},
                     model=loaded.describe(), images=len(ordered), errors=errors,
                     processes=world)
@@ -165,8 +177,10 @@ def _finish(args, out: Path, sources, options, seconds: float, world: int, loade
     return info
 
 
-def run(args: argparse.Namespace, compute, options: dict, seed: int | None = None) -> int:
-    """The streamed run: every image of ``args.images`` explained once, resumably."""
+def run(args: argparse.Namespace, process, fields: list[str], options: dict,
+        seed: int | None = None) -> int:
+    """The streamed run: every image of ``args.images`` processed once, resumably, by
+    ``process(loaded, batch, keys, layers, target, out) -> rows`` (``fields`` its columns)."""
     from ..core.layers import resolve_layers
     from ..data.sources import collect
     from ..outputs import resolve_run_dir
@@ -183,21 +197,28 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
     loaded = load(args)
     layers = args.layer or [loaded.default_layer]
     resolve_layers(loaded.model, layers)
-    target = None if args.target is None else loaded.class_index(args.target)
+    given = getattr(args, "target", None)
+    target = None if given is None else loaded.class_index(given)
+    created = not out.exists()
     done = _start(out, args.overwrite, rank, world)
     todo = [i for i, s in enumerate(sources) if s.key not in done][rank::world]
     start = time.perf_counter()
-    _stream(args, loaded, sources, todo, compute, layers, target, out, rank)
+    try:
+        _stream(args, loaded, sources, todo, process, layers, target, out, rank, fields)
+    except VistoolError:  # a mistake the first batch shows (--channels ...): leave nothing
+        if created and world == 1 and not (out / _PART.format(0)).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - start
     _barrier(world)
     if rank != 0:
         return 0
-    info = _finish(args, out, sources, {**options, "method": args.method, "layer": layers,
-                                        "target": args.target, "model": args.model}, seconds,
-                   world, loaded, seed)
+    info = _finish(args, out, sources, {**options, "layer": layers, "target": given,
+                                        "model": args.model}, seconds, world, loaded, seed,
+                   fields)
     rate = len(todo) * world / seconds if seconds > 0 else 0.0
     print(f"{info['images']} images in {out}/index.csv: {info['images'] - info['errors']} "
-          f"explained, {info['errors']} unreadable; {len(done)} were done before, "
+          f"done, {info['errors']} unreadable; {len(done)} were done before, "
           f"{rate:.1f} images/s")
     if info["errors"] and args.strict:
         raise VistoolError(f"{info['errors']} image(s) could not be read (--strict); see the "

@@ -60,7 +60,9 @@ class _Run:
     seed: int
     batch_size: int
     robust_samples: int
-    final_lr: float = 0.1  # the learning rate decays to this fraction of lr (cosine)
+    redirect_relu: bool = True
+    final_lr: float = 0.1  # the learning rate decays to this fraction of lr (cosine)...
+    warmup: float = 0.25  # ...after rising linearly to lr over this fraction of the steps
 
 
 def _generators(seed: int, targets: Sequence[int], salt: int = 0) -> list[torch.Generator]:
@@ -88,7 +90,8 @@ def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objec
             done = optimize(loaded.model, objective, param, _generators(run.seed, chunk, 1),
                             run.steps, run.lr, run.transforms, loaded.mean, loaded.std,
                             callback=lambda _step, _values: bar.update(),
-                            final_lr=run.lr * run.final_lr)
+                            final_lr=run.lr * run.final_lr, warmup=int(run.warmup * run.steps),
+                            redirect_relu=run.redirect_relu)
             images.append(done.images.cpu())
             history.append(done.history.cpu())
             plain.append(evaluate(loaded.model, objective, done.images, loaded.mean,
@@ -114,7 +117,7 @@ def _check_layer(loaded: LoadedModel, layer: str, size: int) -> int:
 
 def _settings(loaded: LoadedModel, size: int, steps: int, lr: float, param: str,
               transforms: Transforms | None, seed: int, batch_size: int | None,
-              robust_samples: int) -> _Run:
+              robust_samples: int, redirect_relu: bool) -> _Run:
     if size < 1 or steps < 0 or lr <= 0 or robust_samples < 1:
         raise VistoolError(f"size ({size}), steps ({steps}), lr ({lr}) and robust samples "
                            f"({robust_samples}) must be positive; give e.g. --size 128")
@@ -122,14 +125,14 @@ def _settings(loaded: LoadedModel, size: int, steps: int, lr: float, param: str,
         raise VistoolError(f"batch size must be at least 1, got {batch_size}")
     return _Run((loaded.input_size[0], size, size), steps, lr, param,
                 Transforms() if transforms is None else transforms, seed,
-                _chunk_size(loaded.device, batch_size), robust_samples)
+                _chunk_size(loaded.device, batch_size), robust_samples, redirect_relu)
 
 
 def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | None = None,
                    size: int = 128, steps: int = 256, lr: float = 0.05, param: str = "fft",
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
-                   progress: bool = False) -> FeatureVisualization:
+                   redirect_relu: bool = True, progress: bool = False) -> FeatureVisualization:
     """Render the image that maximises the mean activation of each channel of ``layer``.
 
     Args:
@@ -138,13 +141,19 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
             is optimised before the ReLU, name the ReLU for after.
         channels: channel indices (default: the first 64, or all if fewer).
         size: image height and width in pixels (the model sees this size; no upsampling).
-        steps, lr: Adam steps and learning rate.
+        steps, lr: Adam steps and peak learning rate: it rises linearly over the first
+            quarter of the steps, then decays on a cosine to a tenth. Small images (64
+            pixels) without transforms converge within ~100 steps at lr 0.4.
         param: ``"fft"`` (Fourier, 1/f scaled, decorrelated colour) or ``"pixel"``.
         transforms: random transformations every step (default :class:`Transforms()`;
             ``Transforms.none()`` for none).
         seed: the image of channel c depends only on (seed, c), not on its batch.
         batch_size: channels per forward/backward pass (default: 8 on a CPU, 32 on CUDA).
         robust_samples: random transformations averaged for ``robust_activations``.
+        redirect_relu: back-propagate through the model's ``nn.ReLU`` modules with lucid's
+            redirected gradient: for an image whose ReLU passes no gradient (a channel off
+            everywhere, as on the flat start image), the gradient that would turn units on
+            goes through, so post-ReLU channels that start dead still get optimised.
         progress: a progress bar on stderr.
 
     The network runs only up to ``layer``; its weights are frozen for the call and the
@@ -157,7 +166,7 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
         raise VistoolError(f"channel {bad[0] if bad else 'list'} is out of range: layer "
                            f"{layer!r} has {count} channels (0-{count - 1})")
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
-                    robust_samples)
+                    robust_samples, redirect_relu)
     images, plain, robust, history = _render(
         loaded, lambda chunk: obj.channel(layer, chunk), channels, run, progress, "filters")
     return FeatureVisualization(images, channels, plain, robust, history, layer, "channel")
@@ -167,7 +176,7 @@ def render_classes(loaded: LoadedModel, classes: Sequence[int | str], size: int 
                    steps: int = 256, lr: float = 0.05, param: str = "fft",
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
-                   progress: bool = False) -> FeatureVisualization:
+                   redirect_relu: bool = True, progress: bool = False) -> FeatureVisualization:
     """Render the image that maximises each class's logit (class visualisation).
 
     ``classes`` are indices or names; the other arguments are those of
@@ -179,7 +188,7 @@ def render_classes(loaded: LoadedModel, classes: Sequence[int | str], size: int 
     count = outputs[-1] if outputs and len(outputs) == 2 else None
     targets = [loaded.class_index(c, count) for c in classes]
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
-                    robust_samples)
+                    robust_samples, redirect_relu)
     images, plain, robust, history = _render(
         loaded, obj.class_logit, targets, run, progress, "classes")
     return FeatureVisualization(images, targets, plain, robust, history, None, "class")

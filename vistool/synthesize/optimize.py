@@ -9,7 +9,9 @@ the call and its train/eval flags, ``requires_grad`` and ``.grad`` come back as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +24,7 @@ from .objectives import INPUT, Objective
 from .param import ImageParam
 from .transform import Transforms
 
-__all__ = ["Optimized", "evaluate", "optimize"]
+__all__ = ["Optimized", "evaluate", "optimize", "redirected_relus"]
 
 Callback = Callable[[int, torch.Tensor], None]
 
@@ -50,14 +52,83 @@ def _normalisation(model: nn.Module, mean: Sequence[float], std: Sequence[float]
             torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image to which it passes no gradient at all, lets through
+    every gradient that would not push a negative input further down (lucid's redirected
+    ReLU): a unit that is off everywhere can still be turned on."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        off = out <= 0
+        relu = grad.masked_fill(off, 0)
+        # ``grad`` is that of the loss (minus the objective): grad > 0 pushes the input down.
+        redirected = grad.masked_fill(off & (grad > 0), 0)
+        dead = relu.flatten(1).abs().amax(1) == 0
+        return torch.where(dead.view(-1, *[1] * (grad.dim() - 1)), redirected, relu)
+
+
+@contextlib.contextmanager
+def redirected_relus(model: nn.Module) -> Iterator[None]:
+    """Inside the block every ``nn.ReLU`` module of ``model`` back-propagates the redirected
+    gradient of :class:`_RedirectedReLU` (the forward values are unchanged). For a loss to
+    minimise; an in-place ReLU works on a copy of its input."""
+    inputs: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def before(module, args):
+        inputs.setdefault(module, []).append(args[0])
+        return (args[0].clone(), *args[1:]) if module.inplace else None
+
+    def after(module, _args, _output):
+        return _RedirectedReLU.apply(inputs[module].pop())
+
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    handles = [h for m in relus for h in (m.register_forward_pre_hook(before),
+                                          m.register_forward_hook(after))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int, final_lr: float | None,
+              warmup: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Linear warm-up from lr / warmup to lr over ``warmup`` steps, then a cosine from lr to
+    ``final_lr`` (or lr throughout) over the remaining steps; None for a constant lr."""
+    if final_lr is None and warmup <= 0:
+        return None
+    lr = optimizer.param_groups[0]["lr"]
+    end = 1.0 if final_lr is None else final_lr / lr
+    span = max(steps - 1 - warmup, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min((step - warmup) / span, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def optimize(model: nn.Module, objective: Objective, param: ImageParam,
              generators: Sequence[torch.Generator], steps: int, lr: float,
              transforms: Transforms, mean: Sequence[float], std: Sequence[float],
-             callback: Callback | None = None, final_lr: float | None = None) -> Optimized:
+             callback: Callback | None = None, final_lr: float | None = None,
+             warmup: int = 0, redirect_relu: bool = False) -> Optimized:
     """Maximise ``objective`` over the images of ``param`` for ``steps`` Adam steps.
 
     The learning rate is ``lr`` throughout, or, with ``final_lr``, decays from ``lr`` to
-    ``final_lr`` on a cosine over the steps (the images settle into their optimum).
+    ``final_lr`` on a cosine over the steps (the images settle into their optimum); with
+    ``warmup``, it first rises linearly to ``lr`` over that many steps (large steps from
+    the flat start image overshoot). ``redirect_relu`` back-propagates through the
+    model's ``nn.ReLU`` modules with lucid's redirected gradient (:func:`redirected_relus`),
+    so that a channel that is off for the whole image still gets a gradient.
 
     Image ``i`` is transformed with ``generators[i]``, so with an objective that treats
     the images separately (every objective except ``diversity``) an image does not depend
@@ -67,10 +138,10 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
     param = param.to(mean_t.device)
     weights = list(param.parameters())
     optimizer = torch.optim.Adam(weights, lr=lr)
-    schedule = None if final_lr is None else torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, max(steps - 1, 1), eta_min=final_lr)
+    schedule = _schedule(optimizer, steps, final_lr, warmup)
     history = []
-    with preserved_state(model, eval_mode=True, frozen=True), torch.enable_grad():
+    redirect = redirected_relus(model) if redirect_relu else contextlib.nullcontext()
+    with preserved_state(model, eval_mode=True, frozen=True), torch.enable_grad(), redirect:
         for step in range(steps):
             values = _score(model, objective, transforms(param(), generators), mean_t, std_t)
             grads = torch.autograd.grad(-values.sum(), weights)
