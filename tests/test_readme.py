@@ -54,6 +54,9 @@ SKIPPED = {
     "vistool train fast-style --style brick.jpg --data-dir photos/ --out runs/style": "needs "
         "VGG16's ImageNet weights (a download); tests/test_fast_style.py trains it small "
         "against a random VGG16",
+    "torchrun --nproc-per-node 2 -m vistool gradcam --model resnet18 'photos/**/*.jpg' --out "
+    "audit/": "two processes with the ImageNet weights; tests/test_streaming.py runs torchrun "
+              "with two gloo processes",
     "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
         "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
         "processes",
