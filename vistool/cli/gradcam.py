@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
                    help="explain the K best classes of each image (instead of --target)")
     p.add_argument("--channels", type=positive_int, metavar="K",
                    help="scorecam: use only the K highest-variance channels (Faster Score-CAM)")
+    p.add_argument("--part", choices=("discriminator",),
+                   help="explain a GAN checkpoint's discriminator as a classifier of the "
+                        "classes real and fake (--target fake: what looks generated)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="how the layer's output holds its grid: nchw, nhwc (channels-last, "
                         "Swin) or tokens ((N, [class token +] H*W, D), ViT); auto detects it "

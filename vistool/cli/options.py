@@ -183,7 +183,29 @@ def load(args: argparse.Namespace):
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
-    return loaded
+    return _discriminator(loaded, args) if getattr(args, "part", None) else loaded
+
+
+def _discriminator(loaded, args: argparse.Namespace):
+    """A GAN's discriminator as a real/fake classifier on the generator's image size (see
+    :class:`vistool.generative.RealFake`), keeping what the checkpoint says of its weights."""
+    import dataclasses
+
+    import torch
+
+    from .. import generative as gen
+    from ..core.zoo import load_model
+
+    if gen.model_kind(loaded.model) != "gan":
+        raise VistoolError(f"--part discriminator needs a GAN; {args.model} is a "
+                           f"{gen.model_kind(loaded.model)}")
+    shape = tuple(gen.decode(loaded.model, torch.zeros(1, loaded.model.z_dim)).shape[1:])
+    part = load_model(gen.RealFake(loaded.model.discriminator), device=loaded.device,
+                      input_size=args.input_size or shape, mean=[0.0] * shape[0],
+                      std=[1.0] * shape[0], classes=list(gen.RealFake.classes))
+    return dataclasses.replace(part, spec=f"{loaded.spec} (discriminator)",
+                               weights=loaded.weights, random_weights=loaded.random_weights,
+                               metadata=loaded.metadata)
 
 
 def slug(name: str) -> str:
