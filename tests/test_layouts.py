@@ -277,3 +277,19 @@ def test_one_model_per_family_maps_its_grid_and_equals_captum(name, size):
     theirs = LayerGradCam(model, module).attribute(x, target=result.targets,
                                                    relu_attributions=True)[:, 0].detach()
     assert (ours - theirs).abs().max() <= 1e-5 * max(float(theirs.abs().max()), 1e-12)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "tokens"])
+def test_feature_visualisation_reads_channels_last_and_token_layers(layout):
+    from vistool.synthesize.featureviz import render_filters
+    from vistool.synthesize.transform import Transforms
+
+    def render(kind):
+        loaded = vistool.load_model(Tiny(kind), input_size=16, mean=[0.5] * 3, std=[0.25] * 3,
+                                    device="cpu")
+        return render_filters(loaded, "grid", [0, 5], size=16, steps=3,
+                              transforms=Transforms.none())
+
+    reference, result = render("nchw"), render(layout)
+    torch.testing.assert_close(result.images, reference.images, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.activations, reference.activations)

@@ -18,7 +18,8 @@ from torch import nn
 from .errors import LayerError
 from .layers import resolve_layers
 
-__all__ = ["OUTPUT", "Recording", "forward_until", "record", "replaced_output"]
+__all__ = ["OUTPUT", "Recording", "forward_until", "record", "redirected_relus",
+           "replaced_output"]
 
 
 def _map_tensors(fn, value: Any) -> Any:
@@ -138,6 +139,52 @@ def replaced_output(model: nn.Module, layer: str,
         yield
     finally:
         handle.remove()
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image to which it passes no gradient at all, lets through
+    every gradient that would not push a negative input further down (lucid's redirected
+    ReLU): a unit that is off everywhere can still be turned on."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (out,) = ctx.saved_tensors
+        off = out <= 0
+        relu = grad.masked_fill(off, 0)
+        # ``grad`` is that of the loss (minus the objective): grad > 0 pushes the input down.
+        redirected = grad.masked_fill(off & (grad > 0), 0)
+        dead = relu.flatten(1).abs().amax(1) == 0
+        return torch.where(dead.view(-1, *[1] * (grad.dim() - 1)), redirected, relu)
+
+
+@contextlib.contextmanager
+def redirected_relus(model: nn.Module) -> Iterator[None]:
+    """Inside the block every ``nn.ReLU`` module of ``model`` back-propagates the redirected
+    gradient of :class:`_RedirectedReLU` (the forward values are unchanged). For a loss to
+    minimise; an in-place ReLU works on a copy of its input."""
+    inputs: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def before(module, args):
+        inputs.setdefault(module, []).append(args[0])
+        return (args[0].clone(), *args[1:]) if module.inplace else None
+
+    def after(module, _args, _output):
+        return _RedirectedReLU.apply(inputs[module].pop())
+
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    handles = [h for m in relus for h in (m.register_forward_pre_hook(before),
+                                          m.register_forward_hook(after))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 OUTPUT = "<output>"  # the model's own output, for objectives on logits

@@ -8,15 +8,16 @@ class logits; :func:`first_layer_weights` shows a first convolution's kernels as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from ..core.errors import LayerError, TargetError, VistoolError
-from ..core.hooks import forward_until
+from ..core.hooks import OUTPUT, forward_until
 from ..core.layers import resolve_layers
+from ..core.layout import grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from . import objectives as obj
@@ -79,14 +80,19 @@ def _chunk_size(device: torch.device, requested: int | None) -> int:
 
 
 def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objective],
-            targets: list[int], run: _Run, progress: bool, desc: str):
+            targets: list[int], run: _Run, progress: bool, desc: str,
+            start: torch.Tensor | None = None):
+    """Optimise every target's image (from ``start``, one image per target, when given),
+    chunk by chunk; returns images, plain and robust final values, and the history."""
     chunks = [targets[i:i + run.batch_size] for i in range(0, len(targets), run.batch_size)]
     bar = tqdm(total=run.steps * len(chunks), desc=desc, disable=not progress, leave=False)
     images, plain, robust, history = [], [], [], []
     try:
-        for chunk in chunks:
+        for first, chunk in zip(range(0, len(targets), run.batch_size), chunks):
             objective = make_objective(chunk)
             param = make_param(run.param, run.size, _generators(run.seed, chunk))
+            if start is not None:
+                param.set_images(start[first:first + len(chunk)].clamp(1e-3, 1 - 1e-3))
             done = optimize(loaded.model, objective, param, _generators(run.seed, chunk, 1),
                             run.steps, run.lr, run.transforms, loaded.mean, loaded.std,
                             callback=lambda _step, _values: bar.update(),
@@ -96,23 +102,21 @@ def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objec
             history.append(done.history.cpu())
             plain.append(evaluate(loaded.model, objective, done.images, loaded.mean,
                                   loaded.std).cpu())
-            robust.append(evaluate(loaded.model, objective, done.images, loaded.mean,
-                                   loaded.std, run.transforms, _generators(run.seed, chunk, 2),
-                                   run.robust_samples).cpu())
+            robust.append(plain[-1] if run.transforms.identity else evaluate(
+                loaded.model, objective, done.images, loaded.mean, loaded.std, run.transforms,
+                _generators(run.seed, chunk, 2), run.robust_samples).cpu())
     finally:
         bar.close()
     return torch.cat(images), torch.cat(plain), torch.cat(robust), torch.cat(history, 1)
 
 
 def _check_layer(loaded: LoadedModel, layer: str, size: int) -> int:
-    """The channel count of ``layer``, which must output (N, C, H, W) (one truncated dry run)."""
+    """The channel count of ``layer``, whose output must be a spatial grid: (N, C, H, W),
+    channels-last or tokens (:func:`vistool.core.layout.grid_view`; one truncated dry run)."""
     x = torch.zeros(1, loaded.input_size[0], max(size, 1), max(size, 1), device=loaded.device)
     with preserved_state(loaded.model, eval_mode=True), torch.no_grad():
         act = forward_until(loaded.model, x, [layer], gradients=False)[layer]
-    if not isinstance(act, torch.Tensor) or act.dim() != 4:
-        raise LayerError(f"layer {layer!r} outputs shape {tuple(getattr(act, 'shape', ()))}, "
-                         "not (N, C, H, W); feature visualisation needs a convolutional layer")
-    return act.shape[1]
+    return grid_view(layer, act, x.shape[2:]).to_grid(act).shape[1]
 
 
 def _settings(loaded: LoadedModel, size: int, steps: int, lr: float, param: str,
@@ -132,7 +136,8 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
                    size: int = 128, steps: int = 256, lr: float = 0.05, param: str = "fft",
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
-                   redirect_relu: bool = True, progress: bool = False) -> FeatureVisualization:
+                   redirect_relu: bool = True, exchange_steps: int = 0,
+                   progress: bool = False) -> FeatureVisualization:
     """Render the image that maximises the mean activation of each channel of ``layer``.
 
     Args:
@@ -154,6 +159,11 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
             redirected gradient: for an image whose ReLU passes no gradient (a channel off
             everywhere, as on the flat start image), the gradient that would turn units on
             goes through, so post-ReLU channels that start dead still get optimised.
+        exchange_steps: after the main steps, every channel continues for this many
+            steps from whichever rendered image excites it most (the images of a request
+            are starting points for each other: correlated channels escape a poorer local
+            optimum), keeping the better of its two images. 0 (the default) keeps every
+            channel's image independent of the other channels requested.
         progress: a progress bar on stderr.
 
     The network runs only up to ``layer``; its weights are frozen for the call and the
@@ -167,30 +177,71 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
                            f"{layer!r} has {count} channels (0-{count - 1})")
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
                     robust_samples, redirect_relu)
-    images, plain, robust, history = _render(
-        loaded, lambda chunk: obj.channel(layer, chunk), channels, run, progress, "filters")
-    return FeatureVisualization(images, channels, plain, robust, history, layer, "channel")
+    result = _render(loaded, lambda chunk: obj.channel(layer, chunk), channels, run, progress,
+                     "filters")
+    if exchange_steps:
+        result = _exchange(loaded, layer, channels, run, result, exchange_steps, progress)
+    return FeatureVisualization(*result[:1], channels, *result[1:], layer, "channel")
+
+
+def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, result,
+              steps: int, progress: bool):
+    """Every channel continues for ``steps`` steps (at the final learning rate, no warm-up)
+    from the rendered image that excites it most; each keeps the better of its two images."""
+    images, plain, robust, history = result
+    with preserved_state(loaded.model, eval_mode=True), torch.no_grad():
+        mean = torch.tensor(loaded.mean, device=loaded.device).view(1, -1, 1, 1)
+        std = torch.tensor(loaded.std, device=loaded.device).view(1, -1, 1, 1)
+        acts = torch.cat([forward_until(loaded.model, (x.to(loaded.device) - mean) / std,
+                                        [layer], gradients=False)[layer].mean((2, 3)).cpu()
+                          for x in images.split(run.batch_size)])
+    best = acts[:, channels].argmax(0)  # per channel, the image that excites it most
+    again = replace(run, steps=steps, lr=run.lr * run.final_lr, final_lr=1.0, warmup=0.0)
+    new = _render(loaded, lambda chunk: obj.channel(layer, chunk), channels, again, progress,
+                  "exchange", start=images[best])
+    better = new[1] > plain
+
+    def pick(old: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        return torch.where(better.view(-1, *[1] * (old.dim() - 1)), candidate, old)
+
+    return (pick(images, new[0]), pick(plain, new[1]), pick(robust, new[2]),
+            torch.cat([history, new[3]]))
+
+
+def _class_score(score: str) -> Callable[[list[int]], obj.Objective]:
+    if score == "logit":
+        return obj.class_logit
+    if score == "log_prob":
+        return lambda classes: obj.Objective(
+            lambda acts: obj.class_logit(classes)({OUTPUT: acts[OUTPUT].log_softmax(1)}),
+            [OUTPUT], f"class_log_prob({classes})")
+    raise VistoolError(f"unknown class score {score!r}; use logit or log_prob")
 
 
 def render_classes(loaded: LoadedModel, classes: Sequence[int | str], size: int = 128,
                    steps: int = 256, lr: float = 0.05, param: str = "fft",
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
-                   redirect_relu: bool = True, progress: bool = False) -> FeatureVisualization:
-    """Render the image that maximises each class's logit (class visualisation).
+                   redirect_relu: bool = True, score: str = "logit",
+                   progress: bool = False) -> FeatureVisualization:
+    """Render the image that maximises each class's score (class visualisation).
 
-    ``classes`` are indices or names; the other arguments are those of
-    :func:`render_filters`. The whole network runs every step.
+    ``classes`` are indices or names; ``score`` is ``"logit"`` (the class's logit, as
+    lucid does) or ``"log_prob"`` (its log-softmax: the other classes' logits are pushed
+    down too, so the image is classified as its class even where classes share features).
+    The other arguments are those of :func:`render_filters`. The whole network runs
+    every step.
     """
     if not classes:
         raise TargetError("no classes given; name at least one class (index or name)")
+    make_objective = _class_score(score)
     outputs = loaded.layers[-1].output_shape if loaded.layers else None
     count = outputs[-1] if outputs and len(outputs) == 2 else None
     targets = [loaded.class_index(c, count) for c in classes]
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
                     robust_samples, redirect_relu)
     images, plain, robust, history = _render(
-        loaded, obj.class_logit, targets, run, progress, "classes")
+        loaded, make_objective, targets, run, progress, "classes")
     return FeatureVisualization(images, targets, plain, robust, history, None, "class")
 
 

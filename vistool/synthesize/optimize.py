@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..core.devices import model_device
-from ..core.hooks import forward_until
+from ..core.hooks import forward_until, redirected_relus
+from ..core.layout import detect
 from ..core.state import preserved_state
 from .objectives import INPUT, Objective
 from .param import ImageParam
 from .transform import Transforms
 
-__all__ = ["Optimized", "evaluate", "optimize", "redirected_relus"]
+__all__ = ["Optimized", "evaluate", "optimize"]
 
 Callback = Callable[[int, torch.Tensor], None]
 
@@ -42,6 +43,10 @@ def _score(model: nn.Module, objective: Objective, images: torch.Tensor,
            mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     layers = [name for name in objective.layers if name != INPUT]
     acts = forward_until(model, (images - mean) / std, layers) if layers else {}
+    for name, value in acts.items():  # channels-last and token layers as (N, C, H, W)
+        view = detect(tuple(getattr(value, "shape", ())), images.shape[2:])
+        if view is not None and view.layout != "nchw":
+            acts[name] = view.to_grid(value)
     acts[INPUT] = images
     return objective(acts)
 
@@ -50,52 +55,6 @@ def _normalisation(model: nn.Module, mean: Sequence[float], std: Sequence[float]
     device = model_device(model)
     return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
             torch.tensor(std, device=device).view(1, -1, 1, 1))
-
-
-class _RedirectedReLU(torch.autograd.Function):
-    """ReLU whose gradient, for an image to which it passes no gradient at all, lets through
-    every gradient that would not push a negative input further down (lucid's redirected
-    ReLU): a unit that is off everywhere can still be turned on."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        off = out <= 0
-        relu = grad.masked_fill(off, 0)
-        # ``grad`` is that of the loss (minus the objective): grad > 0 pushes the input down.
-        redirected = grad.masked_fill(off & (grad > 0), 0)
-        dead = relu.flatten(1).abs().amax(1) == 0
-        return torch.where(dead.view(-1, *[1] * (grad.dim() - 1)), redirected, relu)
-
-
-@contextlib.contextmanager
-def redirected_relus(model: nn.Module) -> Iterator[None]:
-    """Inside the block every ``nn.ReLU`` module of ``model`` back-propagates the redirected
-    gradient of :class:`_RedirectedReLU` (the forward values are unchanged). For a loss to
-    minimise; an in-place ReLU works on a copy of its input."""
-    inputs: dict[nn.Module, list[torch.Tensor]] = {}
-
-    def before(module, args):
-        inputs.setdefault(module, []).append(args[0])
-        return (args[0].clone(), *args[1:]) if module.inplace else None
-
-    def after(module, _args, _output):
-        return _RedirectedReLU.apply(inputs[module].pop())
-
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    handles = [h for m in relus for h in (m.register_forward_pre_hook(before),
-                                          m.register_forward_hook(after))]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int, final_lr: float | None,
