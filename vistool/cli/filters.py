@@ -8,7 +8,15 @@ import sys
 import time
 
 from ..core.errors import VistoolError
-from .options import add_model_options, add_out_option, channel_list, check_out, load, positive_int
+from .options import (
+    add_model_options,
+    add_out_option,
+    channel_list,
+    check_out,
+    load,
+    non_negative,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -44,6 +52,16 @@ def add_parser(sub) -> None:
                    help="targets per forward/backward pass (default: 8 on CPU, 32 on CUDA)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed; a target's image depends only on it (default: %(default)s)")
+    p.add_argument("--exchange-steps", type=non_negative(int), default=0, metavar="N",
+                   help="--layer: then N more steps for each channel from whichever rendered "
+                        "image excites it most (correlated channels leave poorer optima; a "
+                        "channel's image then depends on the others requested) (default: 0)")
+    p.add_argument("--score", choices=("logit", "log_prob"), default="logit",
+                   help="--class: maximise the class's logit or its log-probability (pushes "
+                        "the other classes down too) (default: %(default)s)")
+    p.add_argument("--no-redirect-relu", action="store_true",
+                   help="plain ReLU gradients (by default a ReLU that passes no gradient for "
+                        "an image lets through those that would turn it on, as lucid does)")
     add_out_option(p, "filters")
     p.add_argument("--json", action="store_true", help="also print the manifest to stdout")
     p.set_defaults(func=run)
@@ -56,10 +74,11 @@ def _compute(args: argparse.Namespace, loaded):
     options = {"size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
                "transforms": Transforms.none() if args.no_transforms else None,
                "seed": args.seed, "batch_size": args.batch_size,
-               "progress": sys.stderr.isatty()}
+               "redirect_relu": not args.no_redirect_relu, "progress": sys.stderr.isatty()}
     if args.class_targets:
-        return render_classes(loaded, args.class_targets, **options)
-    return render_filters(loaded, args.layer, args.channels, **options)
+        return render_classes(loaded, args.class_targets, score=args.score, **options)
+    return render_filters(loaded, args.layer, args.channels,
+                          exchange_steps=args.exchange_steps, **options)
 
 
 def _outputs(args, loaded, staging, result) -> list[dict]:
@@ -107,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
                    "layer": args.layer, "classes": args.class_targets, "channels": args.channels,
                    "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
-                   "transforms": not args.no_transforms, "device": str(loaded.device)}
+                   "transforms": not args.no_transforms, "device": str(loaded.device),
+                   "exchange_steps": args.exchange_steps, "score": args.score,
+                   "redirect_relu": not args.no_redirect_relu}
         info = manifest("filters", [], options, outputs, seed=args.seed,
                         timings={"seconds": round(time.perf_counter() - start, 4)},
                         model=loaded.describe())
