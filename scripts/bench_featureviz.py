@@ -11,10 +11,11 @@ the standard transformations (lucent's ``standard_transforms``; vistool's ``Tran
 * the floor: forward and backward (input gradient only) of ``vgg16.features[:17]`` on a
   batch of 8 random 128² images, the sum of the 8 channel means, nothing else;
 * vistool ``render_filters(loaded, "features.16", range(8), size=128, steps=S,
-  batch_size=8)`` (with its evaluation of the final images; its learning rate decays on a
-  cosine from 0.05 to 0.005), and its Adam loop alone (``vistool.synthesize.optimize.
+  batch_size=8)`` (with its evaluation of the final images; its learning rate rises over
+  the first quarter of the steps to 0.05, then decays on a cosine to 0.005; ReLU gradients
+  redirected as lucid does), and its Adam loop alone (``vistool.synthesize.optimize.
   optimize``, same draws) with the learning rate constant at 0.05 as lucent's, which
-  shows what the evaluation costs and what the decay does to quality.
+  shows what the evaluation costs and what the schedule does to quality.
 
 Speed is channel-steps per second (8 channels x S steps / seconds), the median of
 interleaved rounds (a, b, c, d, a, b, ...) after a warm-up; the ratios are of medians,

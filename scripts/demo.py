@@ -1,4 +1,5 @@
-"""``make demo``: train (once, cached) the shapes CNN, explain it, write an HTML gallery.
+"""``make demo``: train (once, cached) the shapes CNN, a VAE and a DCGAN, explain them,
+write an HTML gallery.
 
 No network needed. Outputs go to ``vistool-out/demo-<timestamp>/`` (or ``--out``).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainers.recipes import pretrained_shapes_cnn
+from trainers.recipes import pretrained_digits, pretrained_shapes_cnn
 from vistool.cli import main as vistool
 from vistool.data.shapes import ShapesDataset, render_scene
 from vistool.outputs import default_run_name, write_gallery
@@ -42,8 +43,14 @@ def vgg19_weights() -> str:
     return "default" if (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file() else "none"
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def run(out: Path, seed: int) -> Path:
-    checkpoint = pretrained_shapes_cnn(log=lambda line: print(line, file=sys.stderr))
+    checkpoint = pretrained_shapes_cnn(log=_log)
+    vae, dcgan = (pretrained_digits("vae-mnist", 20, log=_log),
+                  pretrained_digits("dcgan-mnist", 10, log=_log))
     inputs = out / "inputs"
     inputs.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -84,6 +91,11 @@ def run(out: Path, seed: int) -> Path:
         # (then every output, the gallery included, says so).
         ["style", photo_path, brick_path, "--weights", vgg19_weights(), "--size", "128",
          "--steps", "60", "--out", str(out / "10-style")],
+        # What the VAE and the DCGAN learnt from scikit-learn's digits.
+        ["generate", "--model", str(vae), "--traverse", "0", "--interpolate", "2",
+         "--latent-scatter", "--out", str(out / "11-vae")],
+        ["generate", "--model", str(dcgan), "--samples", "64", "--series", str(dcgan.parent),
+         "--out", str(out / "12-dcgan")],
     ]
     for argv in runs:
         status = vistool(argv)

@@ -57,6 +57,13 @@ SKIPPED = {
     "torchrun --nproc-per-node 2 -m vistool gradcam --model resnet18 'photos/**/*.jpg' --out "
     "audit/": "two processes with the ImageNet weights; tests/test_streaming.py runs torchrun "
               "with two gloo processes",
+    "vistool generate --model runs/vae-mnist/best.safetensors --traverse 0 --interpolate 4 "
+    "--latent-scatter": "needs the VAE the line above trains; tests/test_generative.py trains "
+                        "one for a few steps and runs the command",
+    "vistool generate --model runs/dcgan-mnist/best.safetensors --samples 64 --seed 0 --series "
+    "runs/dcgan-mnist": "needs a trained DCGAN run; tests/test_generative.py runs it",
+    "vistool gradcam --model runs/dcgan-mnist/best.safetensors --part discriminator --target "
+    "fake img.png": "needs a trained DCGAN; tests/test_generative.py runs it",
     "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
         "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
         "processes",

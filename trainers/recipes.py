@@ -21,7 +21,7 @@ from .loop import TrainConfig, train
 from .models import get_model, model_defaults
 from .tasks import ClassifierTask, GanTask, ReconstructionTask, StyleTask, Task
 
-__all__ = ["RECIPES", "Recipe", "pretrained_shapes_cnn", "run_recipe"]
+__all__ = ["RECIPES", "Recipe", "pretrained_digits", "pretrained_shapes_cnn", "run_recipe"]
 
 GREY = ("mnist", "fashion-mnist", "digits")
 COLOUR = ("cifar10", "shapes", "imagefolder")
@@ -233,4 +233,15 @@ def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:
     best = out_dir / "best.safetensors"
     if not best.is_file():
         run_recipe("shapes-cnn", out_dir, device="cpu", progress=progress, log=log)
+    return best
+
+
+def pretrained_digits(recipe: str, epochs: int, progress: bool = True, log=None) -> Path:
+    """The cached checkpoint of the MNIST-sized ``recipe`` trained on scikit-learn's digits
+    for ``epochs`` epochs (trained on first use, on the CPU; ``make demo`` uses it)."""
+    out_dir = cache_dir() / f"{recipe}-digits-{epochs}ep-v1"
+    best = out_dir / "best.safetensors"
+    if not best.is_file():
+        run_recipe(recipe, out_dir, dataset="digits", epochs=epochs, device="cpu",
+                   progress=progress, log=log)
     return best
