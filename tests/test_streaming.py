@@ -143,7 +143,7 @@ def test_torchrun_with_two_processes_gives_the_same_index_and_maps(folder, tmp_p
                                        atol=1e-6)  # other batches: float rounding only
 
 
-def test_globs_lists_and_datasets_are_sources(folder, tmp_path):
+def test_globs_lists_and_datasets_are_sources(folder, tmp_path, monkeypatch):
     root, _ = folder
     images = root / "images"
     listing = tmp_path / "list.txt"
@@ -159,6 +159,10 @@ def test_globs_lists_and_datasets_are_sources(folder, tmp_path):
     assert shapes[0].array.shape == (64, 64, 3)
     assert is_collection(["shapes:5"]) and is_collection([str(images)])
     assert not is_collection([str(images / "part0" / "img000.png")])
+    (tmp_path / "cwd" / "shapes").mkdir(parents=True)  # a folder is a folder, whatever its name
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cwd" / "shapes" / "a.png")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert [s.key for s in collect(["shapes"])] == [str(Path("shapes") / "a.png")]
     out = tmp_path / "shapes"
     assert main([*argv(root, out, "shapes:6"), "--no-images"]) == 0
     assert [r["path"] for r in index(out)] == [f"shapes/{i:06d}" for i in range(6)]

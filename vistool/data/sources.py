@@ -42,12 +42,15 @@ def is_collection(items: Sequence[str]) -> bool:
 
 
 def _kind(item: str) -> str:
+    """``list``, ``dataset``, ``glob``, ``folder`` or ``file``; a path that exists is taken
+    as the file or folder it is, whatever its name."""
     if item.startswith("@"):
         return "list"
-    if item.startswith("imagefolder:") or item.split(":")[0] in ("shapes", "digits"):
-        return "dataset" if not Path(item).exists() else "file"
-    if _GLOB & set(item) and not Path(item).exists():
-        return "glob"
+    if not Path(item).exists():
+        if item.startswith("imagefolder:") or item.split(":")[0] in ("shapes", "digits"):
+            return "dataset"
+        if _GLOB & set(item):
+            return "glob"
     return "folder" if Path(item).is_dir() else "file"
 
 
