@@ -47,6 +47,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per worker: the workers share the cores
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``): small models run fastest on one thread, and OpenMP threads that spin
+    against other processes on a shared 2-core machine made whole files ~2.5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def trained_shapes(tmp_path_factory):
     """The shapes-cnn recipe trained once per test session, shared by the xdist workers

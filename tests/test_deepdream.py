@@ -66,13 +66,7 @@ def loaded_model(**kwargs):
                               std=[0.25] * 3, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight over a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def photo(height=24, width=28, seed=0, low=0.3, high=0.7):

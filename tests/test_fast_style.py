@@ -26,14 +26,7 @@ from vistool.core.hooks import forward_until
 from vistool.synthesize.fast_style import PerceptualLoss, TransformerNet, as_stylizer, stylize
 from vistool.synthesize.style import gram_matrix
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small convolutions are faster on one thread, and the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_vgg16() -> nn.Sequential:

@@ -22,12 +22,7 @@ RECIPES = {"autoencoder": "autoencoder-mnist", "conv_autoencoder": "conv-autoenc
            "vae": "vae-mnist", "gan": "gan-mnist", "dcgan": "dcgan-mnist"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from vistool.core.layout import GridView, detect, grid_view
 from vistool.explainers import names
 from vistool.explainers.cam import CAM_METHODS, explain
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("shape", "size", "expected"), [

@@ -201,14 +201,7 @@ def write_files(argv: list[str], root: Path, shapes_ckpt: Path) -> None:
             shutil.copy(shapes_ckpt, root / name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread while the lines run: on a shared 2-core machine, OpenMP threads
-    that spin against other processes made this file about 2.5 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ TINY_CONTENT, TINY_STYLE = ("conv2_1",), ("conv1_1", "conv2_1", "conv3_1")
 YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """VGG on tiny images is faster on one thread, and the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def circular_net() -> nn.Sequential:

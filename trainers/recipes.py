@@ -191,22 +191,12 @@ def _style_task(model: torch.nn.Module, lr: float, style: Sequence[str], style_w
     import hashlib
     import warnings
 
-    import numpy as np
-    from PIL import Image
-
     from vistool.core.errors import RandomWeightsWarning, WeightsError
-    from vistool.core.imageio import load_image
+    from vistool.core.imageio import load_tensor
     from vistool.core.zoo import load_model
     from vistool.synthesize.fast_style import PerceptualLoss
 
-    images = []
-    for path in style:
-        image = load_image(path)
-        factor = size / max(image.size)
-        image = image.resize((max(1, round(image.width * factor)),
-                              max(1, round(image.height * factor))), Image.LANCZOS)
-        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)
-                      .permute(2, 0, 1)[None].contiguous())
+    images = [load_tensor(path, size) for path in style]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RandomWeightsWarning)  # recorded below instead

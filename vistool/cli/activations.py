@@ -77,15 +77,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_channels(args, layer: str, act) -> None:
+    """Refuse ``--channels`` beyond the layer's channel count, in one line."""
+    count = act.shape[0]
+    if args.channels is not None and max(args.channels) >= count:
+        raise VistoolError(f"layer {layer!r} has {count} channels; --channels "
+                           f"must be within 0-{count - 1}")
+
+
 def _save_layer(args, staging, path, index: int, layer: str, act) -> dict:
     from ..explainers.activations import channel_stats
     from ..outputs import save_npy, save_png
     from ..render import channel_grid
 
-    count = act.shape[0]
-    if args.channels is not None and max(args.channels) >= count:
-        raise VistoolError(f"layer {layer!r} has {count} channels; --channels "
-                           f"must be within 0-{count - 1}")
+    _check_channels(args, layer, act)
     base = f"{index:03d}-{slug(path.stem)}_{slug(layer)}"
     save_npy(staging / f"{base}.npy", act)
     save_png(staging / f"{base}.png", channel_grid(act, args.channels,
@@ -131,9 +136,7 @@ def _cells(args, out, key: str, layer: str, act, layout) -> dict:
     from ..render import channel_grid
     from .streaming import file_stem
 
-    if args.channels is not None and max(args.channels) >= act.shape[0]:
-        raise VistoolError(f"layer {layer!r} has {act.shape[0]} channels; --channels "
-                           f"must be within 0-{act.shape[0] - 1}")
+    _check_channels(args, layer, act)
     stats = channel_stats(act)
     cell = {"layer": layer, "shape": "x".join(map(str, act.shape)), "layout": layout or "",
             "mean": round(float(stats["mean"].mean()), 6),

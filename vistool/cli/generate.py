@@ -73,7 +73,7 @@ def _scatter(codes, labels, title: str):
     flat = codes.reshape(len(codes), -1).double()
     if flat.shape[1] not in (2, 3):
         centred = flat - flat.mean(0)
-        flat = centred @ torch_pca(centred)
+        flat = centred @ _pca(centred)
     figure = Figure(figsize=(5.5, 5), dpi=100)
     canvas = FigureCanvasAgg(figure)
     axes = figure.add_subplot(projection="3d" if flat.shape[1] == 3 else None)
@@ -84,7 +84,7 @@ def _scatter(codes, labels, title: str):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def torch_pca(centred):
+def _pca(centred):
     """The first two principal directions (D, 2) of centred rows."""
     import torch
 
@@ -116,8 +116,9 @@ def _series(run_dir: str):
     return np.asarray(strip)
 
 
-def _views(args, model, kind: str) -> dict:
-    """Every requested picture of the model: {file stem: (RGB or grid tensor, caption)}."""
+def _views(args, model, kind: str, scores: dict) -> dict:
+    """Every requested picture of the model: {file stem: (RGB or grid tensor, caption,
+    codes or None)}; a GAN's discriminator score on the samples goes into ``scores``."""
     import torch
 
     from .. import generative as gen
@@ -126,8 +127,11 @@ def _views(args, model, kind: str) -> dict:
     images, labels = _dataset(args.dataset, 512) if needs_data else (None, None)
     if kind != "autoencoder":
         codes, samples = gen.sample(model, args.samples, args.seed)
-        views["samples"] = (_grid(samples, gen_columns(args.samples)),
+        views["samples"] = (_grid(samples, _columns(args.samples)),
                             f"{args.samples} samples, seed {args.seed}", codes)
+        if kind == "gan":
+            scores["discriminator_on_samples"] = round(float(
+                gen.discriminator_scores(model, samples).mean()), 6)
     if needs_data:
         views["reconstructions"] = (_grid(torch.cat([images[:8], gen.reconstruct(
             model, images[:8]).cpu()]), 8), "dataset images (top), reconstructions", None)
@@ -148,7 +152,7 @@ def _views(args, model, kind: str) -> dict:
     return views
 
 
-def gen_columns(count: int) -> int:
+def _columns(count: int) -> int:
     import math
 
     return max(1, math.ceil(math.sqrt(count)))
@@ -172,14 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load(args)
     kind = gen.model_kind(loaded.model)
-    views = _views(args, loaded.model, kind)
+    extra: dict = {}
+    views = _views(args, loaded.model, kind, extra)
     if args.series:
         views["series"] = (_series(args.series), f"sample grids of {args.series}", None)
-    extra = {}
-    if kind == "gan":
-        _, fakes = gen.sample(loaded.model, args.samples, args.seed)
-        extra["discriminator_on_samples"] = round(float(
-            gen.discriminator_scores(loaded.model, fakes).mean()), 6)
     out_dir = resolve_run_dir(args.out, "generate")
     outputs = []
     with run_directory(out_dir) as staging:

@@ -211,6 +211,10 @@ def run(args: argparse.Namespace, process, fields: list[str], options: dict,
         raise
     seconds = time.perf_counter() - start
     _barrier(world)
+    if world > 1:  # every part is written; the merge below needs no collective
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if rank != 0:
         return 0
     info = _finish(args, out, sources, {**options, "layer": layers, "target": given,

@@ -105,24 +105,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read(path: str, longer: int | None):
-    """The image at ``path`` as a (1, 3, H, W) tensor in [0, 1], its longer side ``longer``
-    (None: as it is)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from ..core.imageio import load_image
-
-    image = load_image(path)
-    if longer is not None:
-        factor = longer / max(image.size)
-        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-        image = image.resize(size, Image.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
-
-
 def _loss_curve(result, loaded):
     """The losses of every evaluation on a log scale, as an RGB array (Agg, no pyplot); the
     title names the weights, in capitals when they are random."""
@@ -174,6 +156,7 @@ def _write(args, loaded, result, staging, seconds: float) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..core.errors import VistoolError
+    from ..core.imageio import load_tensor
     from ..outputs import resolve_run_dir, run_directory
     from ..synthesize.style import style_transfer
 
@@ -184,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
         raise VistoolError("give a CONTENT and at least one STYLE image (or --fast MODEL to "
                            "stylise images with a trained fast-style network)")
     longer = args.scales[-1] if args.scales else (args.size or 512)
-    content = _read(args.images[0], longer)
-    styles = [_read(path, longer) for path in args.images[1:]]
+    content = load_tensor(args.images[0], longer)
+    styles = [load_tensor(path, longer) for path in args.images[1:]]
     loaded = load(args)
     start = time.perf_counter()
     result = style_transfer(
@@ -211,13 +194,13 @@ def _report(args, info: dict, out_dir, written: str, random: str | None) -> None
 
 def _run_fast(args: argparse.Namespace) -> int:
     """``--fast``: every image through the trained transformer network, one PNG each."""
-    from ..core.imageio import expand_inputs
+    from ..core.imageio import expand_inputs, load_tensor
     from ..core.zoo import load_model
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json, save_png
     from ..synthesize.fast_style import as_stylizer, stylize
 
     paths = [str(path) for path in expand_inputs(args.images)]
-    images = [_read(path, args.size) for path in paths]
+    images = [load_tensor(path, args.size) for path in paths]
     loaded = load_model(args.fast, device=args.device)
     net = as_stylizer(loaded)
     loss_net = loaded.metadata.get("loss_network") or {}

@@ -26,6 +26,7 @@ __all__ = [
     "deprocess",
     "expand_inputs",
     "load_image",
+    "load_tensor",
     "make_transform",
     "preprocess",
 ]
@@ -122,6 +123,18 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     with contextlib.suppress(Exception):  # malformed EXIF should not make an image unreadable
         img = ImageOps.exif_transpose(img) or img
     return _to_rgb(img)
+
+
+def load_tensor(source: ImageSource, longer: int | None = None) -> torch.Tensor:
+    """``source`` loaded as :func:`load_image` does, as a (1, 3, H, W) float tensor in
+    [0, 1]; resized (Lanczos) so that its longer side is ``longer`` pixels, when given."""
+    image = load_image(source)
+    if longer is not None:
+        factor = longer / max(image.size)
+        image = image.resize((max(1, round(image.width * factor)),
+                              max(1, round(image.height * factor))), Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
 def _open(source, name: str, max_pixels: int) -> Image.Image:
