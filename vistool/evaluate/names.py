@@ -1,0 +1,25 @@
+"""The evaluation metrics by name, with the direction in which each is better; importable
+without torch (the CLI's choices; a test checks they equal the library's)."""
+
+from __future__ import annotations
+
+__all__ = ["HIGHER_IS_BETTER", "LOCALISATION", "METRICS", "NEEDS_MODEL"]
+
+# name -> True when a higher value is better
+HIGHER_IS_BETTER = {
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "relevance_mass": True,
+    "iou": True,
+    "sparseness": True,
+    "deletion_auc": False,
+    "insertion_auc": True,
+    "average_drop": False,
+    "increase_in_confidence": True,
+    "road_morf_auc": False,
+    "road_lerf_auc": True,
+}
+METRICS = tuple(HIGHER_IS_BETTER)
+LOCALISATION = ("pointing_game", "energy_pointing_game", "relevance_mass", "iou")  # need masks
+NEEDS_MODEL = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence",
+               "road_morf_auc", "road_lerf_auc")
