@@ -96,6 +96,11 @@ def run(out: Path, seed: int) -> Path:
          "--latent-scatter", "--out", str(out / "11-vae")],
         ["generate", "--model", str(dcgan), "--samples", "64", "--series", str(dcgan.parent),
          "--out", str(out / "12-dcgan")],
+        # How faithful and how well placed each method's maps are, against random maps,
+        # and whether they survive randomising the model (they should not).
+        ["evaluate", *model, "--limit", "32", "--methods",
+         "gradcam,layercam,saliency,guided-backprop,random", "--sanity",
+         "--out", str(out / "13-evaluate")],
     ]
     for argv in runs:
         status = vistool(argv)

@@ -226,17 +226,20 @@ def write_gallery(root: str | os.PathLike, title: str = "vistool outputs") -> Pa
 
     Each subdirectory with a ``manifest.json`` becomes a section (its ``kind`` and
     options); each PNG listed in the manifest's ``outputs`` (entries with a ``png`` key
-    and an optional ``caption``) becomes a figure.
+    and an optional ``caption``) becomes a figure. A ``root`` that is itself a run (it
+    holds a ``manifest.json``) gets a page of its own figures.
     """
     root = Path(root)
     sections = []
-    for run in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+    own = (root / "manifest.json").is_file()
+    runs = [root] if own else sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+    for run in runs:
         meta = json.loads((run / "manifest.json").read_text())
         figures = []
         for item in meta.get("outputs", []):
             if not isinstance(item, Mapping) or "png" not in item:
                 continue
-            src = html.escape(f"{run.name}/{item['png']}")
+            src = html.escape(item["png"] if own else f"{run.name}/{item['png']}")
             caption = html.escape(str(item.get("caption", item["png"])))
             figures.append(
                 f'<figure><a href="{src}"><img src="{src}" alt="{caption}"></a>'

@@ -21,6 +21,7 @@ __all__ = [
     "channel_grid",
     "enlarge",
     "image_grid",
+    "line_chart",
     "normalize",
     "overlay",
     "to_uint8_hwc",
@@ -148,3 +149,32 @@ def to_uint8_hwc(image) -> np.ndarray:
         if image.ndim == 3 and image.shape[0] in (1, 3):
             image = image.transpose(1, 2, 0)
     return image
+
+
+def line_chart(panels: Sequence[dict], width: float = 5.0, height: float = 3.6,
+               dpi: int = 100) -> np.ndarray:
+    """Line charts side by side as one RGB picture (H, W, 3) uint8 (matplotlib, no display).
+
+    Each panel is ``{"title", "xlabel", "ylabel", "series": {label: (x, y)}}`` and may
+    have ``"xticks": (positions, labels)`` and ``"ylim": (lo, hi)``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * len(panels), height), dpi=dpi, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    for i, panel in enumerate(panels):
+        ax = figure.add_subplot(1, len(panels), i + 1)
+        for label, (x, y) in panel["series"].items():
+            ax.plot(np.asarray(x), np.asarray(y), marker="." if len(y) < 30 else None,
+                    label=label)
+        ax.set(title=panel.get("title", ""), xlabel=panel.get("xlabel", ""),
+               ylabel=panel.get("ylabel", ""))
+        if "xticks" in panel:
+            ax.set_xticks(*panel["xticks"], rotation=60, ha="right", fontsize=7)
+        if "ylim" in panel:
+            ax.set_ylim(*panel["ylim"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

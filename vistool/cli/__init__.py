@@ -24,7 +24,7 @@ __all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main"]
 EXIT_USAGE = 2
 COMMANDS = (
     "models", "layers", "activations", "gradcam", "attribute", "filters", "train", "dashboard",
-    "style", "deepdream", "generate",
+    "style", "deepdream", "generate", "evaluate",
 )
 
 

@@ -1,28 +1,52 @@
 """Explanation quality: faithfulness, localisation and complexity metrics, sanity checks.
 
-Batched, on the images' device, tensors in and out; see :func:`evaluate` for the whole
-suite over several methods and :mod:`vistool.evaluate.names` for the metrics.
+Batched, on the images' device, tensors in and out; :func:`evaluate` runs the whole suite
+over several methods, :mod:`vistool.evaluate.names` lists the metrics. Names are imported
+on first use (PEP 562), so the CLI can read the names without importing torch.
 """
 
-from .faithfulness import Curve, confidence_change, impute, perturbation_curve, road_curve
-from .localisation import (
-    EmptyMaskWarning,
-    box_masks,
-    iou,
-    pointing_game,
-    relevance_mass,
-    sparseness,
-)
-from .names import HIGHER_IS_BETTER, METRICS
-from .sanity import SanityResult, randomisation_check, spearman, ssim
-from .suite import EVAL_METHODS, Evaluation, bootstrap, evaluate, explanation_maps
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "BASELINES": "faithfulness",
+    "Curve": "faithfulness",
+    "confidence_change": "faithfulness",
+    "impute": "faithfulness",
+    "perturbation_curve": "faithfulness",
+    "road_curve": "faithfulness",
+    "EmptyMaskWarning": "localisation",
+    "box_masks": "localisation",
+    "iou": "localisation",
+    "pointing_game": "localisation",
+    "relevance_mass": "localisation",
+    "sparseness": "localisation",
+    "EVAL_METHODS": "names",
+    "HIGHER_IS_BETTER": "names",
+    "METRICS": "names",
+    "SanityResult": "sanity",
+    "randomisation_check": "sanity",
+    "spearman": "sanity",
+    "ssim": "sanity",
+    "Evaluation": "suite",
+    "bootstrap": "suite",
+    "evaluate": "suite",
+    "explanation_maps": "suite",
+    "predicted": "suite",
+    "EvalSet": "data",
+    "load_eval_set": "data",
+}
 
 __all__ = [
+    "BASELINES",
     "EVAL_METHODS",
     "HIGHER_IS_BETTER",
     "METRICS",
     "Curve",
     "EmptyMaskWarning",
+    "EvalSet",
     "Evaluation",
     "SanityResult",
     "bootstrap",
@@ -32,8 +56,10 @@ __all__ = [
     "explanation_maps",
     "impute",
     "iou",
+    "load_eval_set",
     "perturbation_curve",
     "pointing_game",
+    "predicted",
     "randomisation_check",
     "relevance_mass",
     "road_curve",
@@ -41,3 +67,39 @@ __all__ = [
     "spearman",
     "ssim",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vistool.evaluate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:
+    from .data import EvalSet, load_eval_set
+    from .faithfulness import (
+        BASELINES,
+        Curve,
+        confidence_change,
+        impute,
+        perturbation_curve,
+        road_curve,
+    )
+    from .localisation import (
+        EmptyMaskWarning,
+        box_masks,
+        iou,
+        pointing_game,
+        relevance_mass,
+        sparseness,
+    )
+    from .names import EVAL_METHODS, HIGHER_IS_BETTER, METRICS
+    from .sanity import SanityResult, randomisation_check, spearman, ssim
+    from .suite import Evaluation, bootstrap, evaluate, explanation_maps, predicted

@@ -3,7 +3,11 @@ without torch (the CLI's choices; a test checks they equal the library's)."""
 
 from __future__ import annotations
 
-__all__ = ["HIGHER_IS_BETTER", "LOCALISATION", "METRICS", "NEEDS_MODEL"]
+from ..explainers.names import ATTRIBUTION_METHODS, CAM_METHODS
+
+__all__ = ["EVAL_METHODS", "HIGHER_IS_BETTER", "LOCALISATION", "METRICS", "NEEDS_MODEL"]
+
+EVAL_METHODS = (*CAM_METHODS, *ATTRIBUTION_METHODS, "random")  # random: the chance level
 
 # name -> True when a higher value is better
 HIGHER_IS_BETTER = {

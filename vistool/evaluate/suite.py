@@ -3,6 +3,7 @@ per image, summarised as mean, standard deviation and a 95% bootstrap interval."
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -10,18 +11,17 @@ import torch
 from torch import nn
 
 from ..core.errors import VistoolError, suggestion
+from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..explainers.attribution import attribute
-from ..explainers.cam import explain
+from ..explainers.cam import ConstantMapWarning, explain
 from ..explainers.names import ATTRIBUTION_METHODS, CAM_METHODS
 from . import faithfulness as faith
 from . import localisation as loc
-from .names import HIGHER_IS_BETTER, LOCALISATION, METRICS
+from .names import EVAL_METHODS, HIGHER_IS_BETTER, LOCALISATION, METRICS
 from .sanity import SanityResult, randomisation_check
 
-__all__ = ["EVAL_METHODS", "Evaluation", "bootstrap", "evaluate", "explanation_maps"]
-
-EVAL_METHODS = (*CAM_METHODS, *ATTRIBUTION_METHODS, "random")
+__all__ = ["EVAL_METHODS", "Evaluation", "bootstrap", "evaluate", "explanation_maps", "predicted"]
 
 
 def explanation_maps(model: LoadedModel | nn.Module, images: torch.Tensor, method: str,
@@ -145,7 +145,16 @@ def _measure(ev: Evaluation, method, model, images, maps, targets, metrics, mask
     ev.values[method] = {name: values[name] for name in metrics}
 
 
-def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torch.Tensor,
+def predicted(model: LoadedModel | nn.Module, images: torch.Tensor, batch_size: int = 64
+              ) -> torch.Tensor:
+    """The predicted class of each image (N,) (eval mode; the model's flags come back)."""
+    net = model.model if isinstance(model, LoadedModel) else model
+    with preserved_state(net, eval_mode=True), torch.inference_mode():
+        return torch.cat([net(images[i:i + batch_size]).argmax(1)
+                          for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torch.Tensor | None,
              methods: Sequence[str] = ("gradcam", "random"),
              metrics: Sequence[str] = METRICS, masks: torch.Tensor | None = None,
              boxes: torch.Tensor | None = None, layer: str | None = None, steps: int = 24,
@@ -156,7 +165,7 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
     Args:
         model: the classifier (:class:`~vistool.zoo.LoadedModel` or ``nn.Module``).
         images: the preprocessed batch (N, C, H, W) on the model's device.
-        targets: (N,) the class to explain per image (the label, or the prediction).
+        targets: (N,) the class to explain per image (the label); None: the prediction.
         methods: names from ``EVAL_METHODS`` (CAM methods, attribution methods, ``random``).
         metrics: names from :data:`vistool.evaluate.names.METRICS`; the localisation ones
             need ``masks`` or ``boxes``.
@@ -179,6 +188,8 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
     if masks is None and any(m in LOCALISATION for m in metrics):
         raise VistoolError("localisation metrics (" + ", ".join(LOCALISATION) + ") need "
                            "object masks or boxes; give them or leave these metrics out")
+    if targets is None:
+        targets = predicted(model, images, batch_size)
     targets = torch.as_tensor(targets, device=images.device).long().expand(images.shape[0])
     if layer is None and isinstance(model, LoadedModel):
         layer = model.default_layer  # also for the sanity check's copies, plain modules
@@ -198,5 +209,7 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
 
 def _explainer(method: str, layer: str | None, seed: int):
     def run(net, images, targets):
-        return explanation_maps(net, images, method, targets, layer, seed)
+        with warnings.catch_warnings():  # a randomised model may well give blank maps
+            warnings.simplefilter("ignore", ConstantMapWarning)
+            return explanation_maps(net, images, method, targets, layer, seed)
     return run
