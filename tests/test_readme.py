@@ -64,6 +64,9 @@ SKIPPED = {
     "runs/dcgan-mnist": "needs a trained DCGAN run; tests/test_generative.py runs it",
     "vistool gradcam --model runs/dcgan-mnist/best.safetensors --part discriminator --target "
     "fake img.png": "needs a trained DCGAN; tests/test_generative.py runs it",
+    "vistool evaluate --model resnet18 --dataset imagefolder:pets/ --masks pets-masks/ --methods "
+    "gradcam,layercam": "needs photos with object masks; tests/test_evaluate_cli.py runs an "
+                        "image folder with masks",
     "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
         "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
         "processes",

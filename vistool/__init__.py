@@ -22,6 +22,11 @@ _EXPORTS: dict[str, str] = {
     "CamResult": "explainers.cam",
     "ConstantMapWarning": "explainers.cam",
     "explain": "explainers.cam",
+    "Evaluation": "evaluate.suite",
+    "perturbation_curve": "evaluate.faithfulness",
+    "pointing_game": "evaluate.localisation",
+    "randomisation_check": "evaluate.sanity",
+    "relevance_mass": "evaluate.localisation",
     "apply_state_dict": "core.checkpoint",
     "load_checkpoint": "core.checkpoint",
     "save_checkpoint": "core.checkpoint",
@@ -69,6 +74,7 @@ __all__ = [
     "CheckpointError",
     "ConstantMapWarning",
     "DreamResult",
+    "Evaluation",
     "FeatureVisualization",
     "ImageError",
     "LayerError",
@@ -98,10 +104,14 @@ __all__ = [
     "load_checkpoint",
     "load_image",
     "load_model",
+    "perturbation_curve",
+    "pointing_game",
     "preprocess",
     "preserved_state",
+    "randomisation_check",
     "record",
     "register_model",
+    "relevance_mass",
     "render_classes",
     "render_filters",
     "resolve_device",
@@ -142,6 +152,10 @@ if TYPE_CHECKING:  # static tools see the real names
     from .core.registry import register_model
     from .core.state import preserved_state
     from .core.zoo import LoadedModel, list_models, load_model
+    from .evaluate.faithfulness import perturbation_curve
+    from .evaluate.localisation import pointing_game, relevance_mass
+    from .evaluate.sanity import randomisation_check
+    from .evaluate.suite import Evaluation
     from .explainers.activations import ActivationResult, activations, channel_stats
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, ConstantMapWarning, explain
