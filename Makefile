@@ -35,6 +35,9 @@ bench: $(STAMP)
 		--target $(VENV)/peers torch-lucent==0.1.8 kornia==0.4.1 decorator \
 		&& touch $(VENV)/peers/.lucent-0.1.8)
 	$(BIN)/python scripts/bench_featureviz.py
+	test -f $(VENV)/peers/.quantus-0.6.0 || ($(BIN)/python -m pip install -q --no-deps --upgrade \
+		--target $(VENV)/peers quantus==0.6.0 && touch $(VENV)/peers/.quantus-0.6.0)
+	$(BIN)/python scripts/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) vistool-out

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..explainers.inference import inference_copy
+from ..explainers.inference import inference_copy, many_forwards_batch
 
 __all__ = ["BASELINES", "Curve", "baseline_images", "confidence_change", "impute",
            "perturbation_curve", "removal_ranks", "road_curve", "scorer"]
@@ -58,20 +58,25 @@ def _trapezoid(scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def scorer(model: LoadedModel | nn.Module, sample: torch.Tensor
-           ) -> Iterator[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    """``score(batch, targets) -> (B,)`` softmax probabilities of ``targets``, computed by a
-    fused inference copy of the model in eval mode without gradients."""
+def scorer(model: LoadedModel | nn.Module, sample: torch.Tensor, batch_size: int = 64
+           ) -> Iterator[tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]]:
+    """``(score, batch)``: ``score(images, targets) -> (B,)`` softmax probabilities of
+    ``targets``, computed by a fused inference copy of the model in eval mode without
+    gradients, and the batch to use for many forwards: at most ``batch_size``, smaller on
+    CPU where activations would be large
+    (:func:`~vistool.explainers.inference.many_forwards_batch`)."""
     net = model.model if isinstance(model, LoadedModel) else model
     with preserved_state(net, eval_mode=True):
         fast = inference_copy(net, fuse=True, sample=sample[:1])
+        batch = many_forwards_batch(fast, sample[:1].contiguous(
+            memory_format=torch.channels_last), batch_size)
 
-        def score(batch: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        def score(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                logits = fast(batch.contiguous(memory_format=torch.channels_last))
+                logits = fast(images.contiguous(memory_format=torch.channels_last))
             return logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
 
-        yield score
+        yield score, batch
 
 
 def baseline_images(images: torch.Tensor, baseline: str | float | torch.Tensor = "constant",
@@ -172,9 +177,9 @@ def perturbation_curve(model: LoadedModel | nn.Module, images: torch.Tensor, map
     counts = torch.round(fractions * pixels).long()
     ranks = removal_ranks(maps.to(images.device))
     start, end = (images, base) if mode == "deletion" else (base, images)
-    with scorer(model, images) as score:
+    with scorer(model, images, batch_size) as (score, batch):
         index = _targets(images, targets)
-        scores = _curve_scores(score, images, start, end, ranks, counts, index, batch_size,
+        scores = _curve_scores(score, images, start, end, ranks, counts, index, batch,
                                mode, progress)
     return Curve(fractions=fractions, scores=scores, auc=_trapezoid(scores, fractions), mode=mode)
 
@@ -187,13 +192,13 @@ def confidence_change(model: LoadedModel | nn.Module, images: torch.Tensor, maps
     ``drop = max(0, Y - O) / Y`` (lower is better) and ``increase = 1 if O > Y else 0``
     (higher is better). ``maps`` should be in [0, 1]."""
     _check(images, maps)
-    with scorer(model, images) as score:
+    with scorer(model, images, batch_size) as (score, batch):
         index = _targets(images, targets)
-        y = torch.cat([score(images[i:i + batch_size], index[i:i + batch_size])
-                       for i in range(0, len(images), batch_size)])
+        y = torch.cat([score(images[i:i + batch], index[i:i + batch])
+                       for i in range(0, len(images), batch)])
         masked = images * maps.to(images)[:, None]
-        o = torch.cat([score(masked[i:i + batch_size], index[i:i + batch_size])
-                       for i in range(0, len(images), batch_size)])
+        o = torch.cat([score(masked[i:i + batch], index[i:i + batch])
+                       for i in range(0, len(images), batch)])
     return (y - o).clamp(min=0) / y.clamp(min=1e-12), (o > y).float()
 
 
@@ -201,16 +206,33 @@ _NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 1
 
 
 def impute(images: torch.Tensor, removed: torch.Tensor, noise: float | torch.Tensor = 0.01,
-           tol: float = 1e-6) -> torch.Tensor:
+           tol: float = 1e-5) -> torch.Tensor:
     """ROAD's noisy linear imputation: every removed pixel becomes the weighted mean of its
     eight neighbours (1/6 for the sides, 1/12 for the corners, over the neighbours inside the
     image), all removed pixels solved together, plus Gaussian noise of std ``noise``.
 
     The linear system (a graph Laplacian restricted to the removed pixels, symmetric
     positive definite) is solved by conjugate gradients, batched over images and channels,
-    to a relative residual of ``tol``. ``removed``: (N, 1, H, W) bool; ``noise``: the std,
-    or the noise itself as a tensor like ``images``.
+    to a relative residual of ``tol``, starting from the solution at half the resolution
+    (so large holes need few iterations). ``removed``: (N, 1, H, W) bool; ``noise``: the
+    std, or the noise itself as a tensor like ``images``.
     """
+    x = _solve(images, removed, tol)
+    if not isinstance(noise, torch.Tensor):
+        noise = noise * torch.randn_like(images)
+    return torch.where(removed, x + noise, images)
+
+
+def _coarse_guess(images: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor:
+    """The system solved at half the resolution (known pixels averaged), upsampled."""
+    known = (~removed).to(images.dtype)
+    count = F.avg_pool2d(known, 2, ceil_mode=True)
+    mean = F.avg_pool2d(images * known, 2, ceil_mode=True) / count.clamp(min=1e-12)
+    coarse = _solve(mean, count == 0, tol)
+    return F.interpolate(coarse, size=images.shape[2:], mode="nearest")
+
+
+def _solve(images: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor:
     c = images.shape[1]
     kernel = _NEIGHBOURS.to(images)[None, None].expand(c, 1, 3, 3)
     unknown = removed.to(images.dtype).expand_as(images)
@@ -224,8 +246,9 @@ def impute(images: torch.Tensor, removed: torch.Tensor, noise: float | torch.Ten
         return unknown * (weight * v - neighbours(unknown * v))
 
     b = unknown * neighbours((1 - unknown) * images)
-    x = torch.zeros_like(images)
-    r = b.clone()
+    x = (unknown * _coarse_guess(images, removed, tol) if min(images.shape[2:]) >= 16
+         and bool(removed.any()) else torch.zeros_like(images))
+    r = b - apply(x)
     p = r.clone()
     rr = (r * r).sum((2, 3), keepdim=True)
     stop = tol ** 2 * (b * b).sum((2, 3), keepdim=True)
@@ -239,9 +262,7 @@ def impute(images: torch.Tensor, removed: torch.Tensor, noise: float | torch.Ten
         rr_new = (r * r).sum((2, 3), keepdim=True)
         p = r + (rr_new / rr.clamp(min=1e-30)) * p
         rr = rr_new
-    if not isinstance(noise, torch.Tensor):
-        noise = noise * torch.randn_like(images)
-    return torch.where(removed, x + noise, images)
+    return torch.where(removed, x, images)
 
 
 def road_curve(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch.Tensor,
@@ -267,9 +288,9 @@ def road_curve(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch
     def fill(batch, removed, pairs):
         return impute(batch, removed, jitter[pairs // counts.numel()])
 
-    with scorer(model, images) as score:
+    with scorer(model, images, batch_size) as (score, batch):
         index = _targets(images, targets)
         scores = _curve_scores(score, images, images, images, ranks, counts, index,
-                               batch_size, f"road-{order}", progress, fill)
+                               batch, f"road-{order}", progress, fill)
     return Curve(fractions=fractions, scores=scores, auc=_trapezoid(scores, fractions),
                  mode=f"road-{order}")
