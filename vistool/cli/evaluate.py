@@ -9,7 +9,7 @@ import time
 import warnings
 
 from ..core.errors import VistoolError
-from ..evaluate.names import EVAL_METHODS, HIGHER_IS_BETTER, LOCALISATION, METRICS
+from ..evaluate.names import EVAL_METHODS, LOCALISATION, METRICS
 from .options import add_model_options, add_out_option, non_negative, positive_int, status
 
 DEFAULT_METHODS = "gradcam,gradcam++,layercam,saliency,guided-backprop,random"
@@ -85,6 +85,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.data import load_eval_set
+    from ..evaluate.report import markdown_table
     from ..evaluate.suite import evaluate
     from ..outputs import resolve_run_dir, run_directory
     from .options import check_out, load
@@ -128,24 +129,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cell(stats: dict) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    lo, hi = stats["ci95"]
-    return f"{stats['mean']:.3f} ± {stats['std']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def markdown_table(summary: dict, metrics: list[str]) -> str:
-    """Methods as rows, metrics as columns (↑ higher is better, ↓ lower): mean ± std
-    [95% bootstrap interval]."""
-    header = "| method | " + " | ".join(
-        f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics) + " |"
-    lines = [header, "|" + "---|" * (len(metrics) + 1)]
-    for method, values in summary["methods"].items():
-        lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in metrics) + " |")
-    return "\n".join(lines)
-
-
 def _write(staging, args, loaded, data, ev, summary, table, options, seconds) -> dict:
     from ..outputs import manifest, save_json, write_gallery
 
@@ -180,18 +163,17 @@ def _per_image_csv(path, data, ev) -> None:
 
 
 def _figures(staging, args, loaded, data, ev) -> list[dict]:
+    from ..evaluate.report import curve_panels, sanity_panels
     from ..outputs import save_png
     from ..render import line_chart
 
     figures = []
-    panels = [_curve_panel(ev, mode) for mode in ("deletion", "insertion", "road-morf",
-                                                  "road-lerf")]
-    panels = [p for p in panels if p["series"]]
+    panels = curve_panels(ev)
     if panels:
         save_png(staging / "curves.png", line_chart(panels))
         figures.append({"png": "curves.png", "caption": "mean perturbation curves"})
     if ev.sanity:
-        save_png(staging / "sanity.png", line_chart(_sanity_panels(ev)))
+        save_png(staging / "sanity.png", line_chart(sanity_panels(ev)))
         figures.append({"png": "sanity.png", "caption": "cascading randomisation, top "
                                                         "layer first"})
     if args.examples:
@@ -199,23 +181,6 @@ def _figures(staging, args, loaded, data, ev) -> list[dict]:
         figures.append({"png": "examples.png", "caption": "rows: images; columns: the "
                                                           "image, then " + ", ".join(ev.maps)})
     return figures
-
-
-def _curve_panel(ev, mode: str) -> dict:
-    series = {method: (curves[mode].fractions.cpu(), curves[mode].scores.mean(0).cpu())
-              for method, curves in ev.curves.items() if mode in curves}
-    return {"title": mode, "xlabel": "share of pixels perturbed",
-            "ylabel": "probability of the target", "series": series, "ylim": (0, 1.02)}
-
-
-def _sanity_panels(ev) -> list[dict]:
-    layers = next(iter(ev.sanity.values())).layers
-    ticks = (list(range(len(layers))), layers)
-    return [{"title": f"{what} with the original map", "xlabel": "randomised down to",
-             "ylabel": what, "xticks": ticks,
-             "series": {m: (list(range(len(r.layers))), getattr(r, what).nanmean(1).cpu())
-                        for m, r in ev.sanity.items()}}
-            for what in ("spearman", "ssim")]
 
 
 def _examples(loaded, data, ev, count: int):

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir", "trained_checkpoints"]
+__all__ = ["cache_dir", "checkpoint_catalogue", "trained_checkpoints"]
 
 
 def cache_dir() -> Path:
@@ -22,23 +22,40 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _arch_of(path: Path) -> str | None:
-    """The ``arch`` a vistool checkpoint records (reads only the safetensors header)."""
+def _metadata(path: Path) -> dict:
+    """What a vistool checkpoint records about itself (reads only the safetensors header);
+    empty for any other file."""
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
             if not 0 < size < 100_000_000:
-                return None
+                return {}
             header = json.loads(fh.read(size))
-        return json.loads(header.get("__metadata__", {}).get("vistool", "{}")).get("arch")
+        found = json.loads(header.get("__metadata__", {}).get("vistool", "{}"))
+        return found if isinstance(found, dict) else {}
     except (OSError, ValueError, AttributeError):
-        return None
+        return {}
+
+
+def _best_files(roots: list[Path] | None) -> list[Path]:
+    roots = roots if roots is not None else [cache_dir(), Path("runs")]
+    found = [path for root in roots if root.is_dir() for path in root.glob("*/best.safetensors")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def trained_checkpoints(arch: str, roots: list[Path] | None = None) -> list[Path]:
     """``best.safetensors`` files of architecture ``arch`` one folder below each root
     (default: the cache directory and ``./runs``), newest first."""
-    roots = roots if roots is not None else [cache_dir(), Path("runs")]
-    found = [path for root in roots if root.is_dir()
-             for path in root.glob("*/best.safetensors") if _arch_of(path) == arch]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    return [path for path in _best_files(roots) if _metadata(path).get("arch") == arch]
+
+
+def checkpoint_catalogue(roots: list[Path] | None = None) -> list[dict]:
+    """Every vistool ``best.safetensors`` one folder below the roots (as
+    :func:`trained_checkpoints`), newest first, as ``{"path", "arch", "recipe", "metrics"}``."""
+    items = []
+    for path in _best_files(roots):
+        meta = _metadata(path)
+        if meta.get("arch"):
+            items.append({"path": path, "arch": meta["arch"], "recipe": meta.get("recipe"),
+                          "metrics": meta.get("metrics") or {}})
+    return items

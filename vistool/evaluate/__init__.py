@@ -35,6 +35,9 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "suite",
     "explanation_maps": "suite",
     "predicted": "suite",
+    "curve_panels": "report",
+    "markdown_table": "report",
+    "sanity_panels": "report",
     "EvalSet": "data",
     "load_eval_set": "data",
 }
@@ -52,17 +55,20 @@ __all__ = [
     "bootstrap",
     "box_masks",
     "confidence_change",
+    "curve_panels",
     "evaluate",
     "explanation_maps",
     "impute",
     "iou",
     "load_eval_set",
+    "markdown_table",
     "perturbation_curve",
     "pointing_game",
     "predicted",
     "randomisation_check",
     "relevance_mass",
     "road_curve",
+    "sanity_panels",
     "sparseness",
     "spearman",
     "ssim",
@@ -101,5 +107,6 @@ if TYPE_CHECKING:
         sparseness,
     )
     from .names import EVAL_METHODS, HIGHER_IS_BETTER, METRICS
+    from .report import curve_panels, markdown_table, sanity_panels
     from .sanity import SanityResult, randomisation_check, spearman, ssim
     from .suite import Evaluation, bootstrap, evaluate, explanation_maps, predicted

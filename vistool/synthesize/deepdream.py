@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core.errors import ImageError, LayerError, VistoolError
 from ..core.hooks import forward_until
 from ..core.layers import resolve_layers
+from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from . import objectives as obj
@@ -357,7 +357,7 @@ def deepdream(loaded: LoadedModel, images: torch.Tensor, layers: str | Sequence[
               channel: int | None = None, guide: torch.Tensor | None = None, octaves: int = 4,
               octave_scale: float = 1.4, steps: int = 10, lr: float = 0.01, jitter: int = 32,
               tile: int = 512, smooth: float = 0.0, seed: int = 0,
-              progress: bool = False) -> DreamResult:
+              progress: Progress = False) -> DreamResult:
     """Dream: amplify what ``layers`` detect in ``images`` by gradient ascent on the pixels.
 
     Args:
@@ -379,7 +379,8 @@ def deepdream(loaded: LoadedModel, images: torch.Tensor, layers: str | Sequence[
         tile: the largest tile side in pixels for the gradient (bounds the memory).
         smooth: the sigma in pixels of a Gaussian blur of the gradient (0: none).
         seed: seeds the one generator of the rolls; the same seed gives the same images.
-        progress: a progress bar on stderr.
+        progress: True for a progress bar on stderr, or a callable ``report(done, total,
+            image)`` (:mod:`vistool.core.progress`).
 
     Raises:
         ImageError, LayerError, VistoolError: bad images, layer names (with suggestions),
@@ -406,11 +407,11 @@ def deepdream(loaded: LoadedModel, images: torch.Tensor, layers: str | Sequence[
 
 def _dream(model: nn.Module, objective: obj.Objective, images: torch.Tensor,
            sizes: list[tuple[int, int]], steps: int, ascent: _Ascent,
-           generator: torch.Generator, progress: bool):
+           generator: torch.Generator, progress: Progress):
     """Every octave, smallest first, carrying the dream's detail up; (dreams, history)."""
     dreams, history = [], []
     detail = torch.zeros_like(_resize(images, sizes[0]))
-    bar = tqdm(total=len(sizes) * steps, desc="deepdream", disable=not progress, leave=False)
+    bar = progress_bar(len(sizes) * steps, "deepdream", progress)
     try:
         with torch.enable_grad():
             for octave, size in enumerate(sizes, 1):
@@ -421,6 +422,7 @@ def _dream(model: nn.Module, objective: obj.Objective, images: torch.Tensor,
                     history.append(value)
                     bar.update()
                 dreams.append(dream)
+                show(bar, dream)
                 if octave < len(sizes):
                     detail = dream - base
     finally:

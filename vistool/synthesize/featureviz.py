@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..core.errors import LayerError, TargetError, VistoolError
 from ..core.hooks import OUTPUT, forward_until
 from ..core.layers import resolve_layers
 from ..core.layout import grid_view
+from ..core.progress import Progress, progress_bar
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from . import objectives as obj
@@ -80,12 +80,12 @@ def _chunk_size(device: torch.device, requested: int | None) -> int:
 
 
 def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objective],
-            targets: list[int], run: _Run, progress: bool, desc: str,
+            targets: list[int], run: _Run, progress: Progress, desc: str,
             start: torch.Tensor | None = None):
     """Optimise every target's image (from ``start``, one image per target, when given),
     chunk by chunk; returns images, plain and robust final values, and the history."""
     chunks = [targets[i:i + run.batch_size] for i in range(0, len(targets), run.batch_size)]
-    bar = tqdm(total=run.steps * len(chunks), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(run.steps * len(chunks), desc, progress)
     images, plain, robust, history = [], [], [], []
     try:
         for first, chunk in zip(range(0, len(targets), run.batch_size), chunks):
@@ -137,7 +137,7 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
                    redirect_relu: bool = True, exchange_steps: int = 0,
-                   progress: bool = False) -> FeatureVisualization:
+                   progress: Progress = False) -> FeatureVisualization:
     """Render the image that maximises the mean activation of each channel of ``layer``.
 
     Args:
@@ -164,7 +164,8 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
             are starting points for each other: correlated channels escape a poorer local
             optimum), keeping the better of its two images. 0 (the default) keeps every
             channel's image independent of the other channels requested.
-        progress: a progress bar on stderr.
+        progress: True for a progress bar on stderr, or a callable ``report(done, total,
+            image)`` (:mod:`vistool.core.progress`).
 
     The network runs only up to ``layer``; its weights are frozen for the call and the
     model comes back with its flags, ``requires_grad`` and ``.grad`` unchanged.
@@ -185,7 +186,7 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
 
 
 def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, result,
-              steps: int, progress: bool):
+              steps: int, progress: Progress):
     """Every channel continues for ``steps`` steps (at the final learning rate, no warm-up)
     from the rendered image that excites it most; each keeps the better of its two images."""
     images, plain, robust, history = result
@@ -223,7 +224,7 @@ def render_classes(loaded: LoadedModel, classes: Sequence[int | str], size: int 
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
                    redirect_relu: bool = True, score: str = "logit",
-                   progress: bool = False) -> FeatureVisualization:
+                   progress: Progress = False) -> FeatureVisualization:
     """Render the image that maximises each class's score (class visualisation).
 
     ``classes`` are indices or names; ``score`` is ``"logit"`` (the class's logit, as

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..core.errors import LayerError, VistoolError, suggestion
 from ..core.hooks import forward_until
 from ..core.layers import layer_names
+from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from . import objectives
@@ -280,7 +280,7 @@ class _Recorder:
     """The closure the optimisers call: loss relative to its first value, gradient into
     ``image.grad`` (``autograd.grad``, nothing into the weights), history and progress."""
 
-    def __init__(self, loss: _StyleLoss, image: torch.Tensor, start: float, bar: tqdm):
+    def __init__(self, loss: _StyleLoss, image: torch.Tensor, start: float, bar):
         self.loss, self.image, self.start, self.bar = loss, image, start, bar
         self.rows: list[torch.Tensor] = []
         self.times: list[float] = []
@@ -296,6 +296,8 @@ class _Recorder:
         self.rows.append(losses.detach())
         self.times.append(time.perf_counter() - self.start)
         self.bar.update()
+        if len(self.rows) % max(1, self.bar.total // 10) == 0:
+            show(self.bar, self.image.detach().clamp(0, 1))  # a tenth of the way further
         return relative.detach()
 
 
@@ -345,12 +347,12 @@ def _initial(setup: _Setup, content: torch.Tensor, styles: list[torch.Tensor],
 
 
 def _optimise(setup: _Setup, content: torch.Tensor, styles: list[torch.Tensor],
-              sizes: list[tuple[int, int]], generator: torch.Generator, progress: bool):
+              sizes: list[tuple[int, int]], generator: torch.Generator, progress: Progress):
     """Optimise at each size in turn; styles scale with the content, targets are computed
     once per scale. Returns the image, the history rows, their times, the row where each
     scale starts and the final losses."""
     start = time.perf_counter()
-    bar = tqdm(total=setup.steps * len(sizes), desc="style", disable=not progress, leave=False)
+    bar = progress_bar(setup.steps * len(sizes), "style", progress)
     rows, times, starts, image = [], [], [], None
     try:
         for size in sizes:
@@ -364,6 +366,7 @@ def _optimise(setup: _Setup, content: torch.Tensor, styles: list[torch.Tensor],
             run = _run_lbfgs if setup.optimizer == "lbfgs" else _run_adam
             run(recorder, setup.steps, setup.lr)
             image = recorder.image.detach().clamp(0, 1)
+            show(bar, image)
             rows += recorder.rows
             times += recorder.times
         with torch.no_grad():
@@ -438,7 +441,7 @@ def style_transfer(loaded: LoadedModel, content: torch.Tensor, styles: Sequence[
                    optimizer: str = "lbfgs", steps: int = 300, lr: float | None = None,
                    init: str = "content", preserve_color: str | None = None,
                    scales: Sequence[int] | None = None, pooling: str = "max", seed: int = 0,
-                   progress: bool = False) -> StyleResult:
+                   progress: Progress = False) -> StyleResult:
     """Render ``content`` in the style of ``styles`` (Gatys et al.) by optimising its pixels.
 
     Args:
@@ -466,7 +469,8 @@ def style_transfer(loaded: LoadedModel, content: torch.Tensor, styles: Sequence[
             from the previous result, upsampled. Default: the content's size only.
         pooling: ``"max"`` or ``"avg"`` (average pooling in a private copy of the model).
         seed: seeds the noise initialisation (one ``torch.Generator``).
-        progress: a progress bar on stderr.
+        progress: True for a progress bar on stderr, or a callable ``report(done, total,
+            image)`` (:mod:`vistool.core.progress`).
 
     Raises:
         VistoolError: bad images, options or layer names (a ``LayerError``), in one line.

@@ -1,0 +1,44 @@
+"""Filters: feature-visualisation images of chosen channels of the chosen layer, beside the
+channels' activations for the current image; the first layer's kernels as RGB."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+import vistool
+from dashboard.common import Session, activations, progress_reporter, selected_layer
+from vistool.render import enlarge, image_grid, normalize, to_uint8_hwc
+
+
+def render(session: Session) -> None:
+    loaded = session.loaded
+    layer = selected_layer(session, spatial=True)
+    acts = activations(session.key, session.digest, (layer,), session)[layer]
+    strongest = torch.from_numpy(acts).flatten(1).mean(1).argsort(descending=True)
+    st.caption(f"layer **{layer}** (choose it in the Layers tab); the channels most active "
+               "for this image come first")
+    channels = st.multiselect("Channels", list(range(acts.shape[0])),
+                              default=sorted(strongest[:4].tolist()), key="fv_channels")
+    left, right = st.columns(2)
+    size = left.select_slider("Size", [64, 96, 128, 160, 224], value=64, key="fv_size")
+    steps = right.select_slider("Steps", [32, 64, 128, 256, 512], value=64, key="fv_steps")
+    run, stop = st.columns([1, 1])
+    stop.button("Stop", key="fv_stop", help="stops the rendering (any widget change does)")
+    if run.button("Render", key="fv_run", type="primary", disabled=not channels):
+        with session.lock:
+            result = vistool.render_filters(loaded, layer, channels, size=size, steps=steps,
+                                            progress=progress_reporter("rendering"))
+        st.session_state["fv_result"] = (session.key, layer, list(channels),
+                                         result.images.cpu())
+    stored = st.session_state.get("fv_result")
+    if stored and stored[:2] == (session.key, layer):
+        _, _, shown, images = stored
+        for column, channel, image in zip(st.columns(len(shown)), shown, images):
+            column.image(to_uint8_hwc(image), caption=f"channel {channel}")
+            heat = normalize(torch.from_numpy(acts[channel]).float())
+            column.image(to_uint8_hwc(enlarge(heat[None].expand(3, -1, -1), 96)),
+                         caption="its activation here")
+    with st.expander("First-layer kernels as RGB"):
+        kernels = vistool.first_layer_weights(loaded)
+        st.image(to_uint8_hwc(image_grid(kernels, cell=32)), caption="0.5 grey = zero weight")
