@@ -154,10 +154,18 @@ def spatial_layers(session: Session) -> list[str]:
             if row.output_shape is not None and len(row.output_shape) == 4]
 
 
+def default_layer(session: Session) -> str:
+    """The model's default target layer, or its last layer when it has none (a VAE)."""
+    try:
+        return session.loaded.default_layer
+    except VistoolError:
+        return session.loaded.layers[-1].name
+
+
 def selected_layer(session: Session, spatial: bool = False) -> str:
     """The layer chosen in the Layers tab; with ``spatial``, the default layer when that one
     has no spatial grid."""
-    layer = st.session_state.get("layer") or session.loaded.default_layer
+    layer = st.session_state.get("layer") or default_layer(session)
     if spatial and layer not in spatial_layers(session):
         return session.loaded.default_layer
     return layer

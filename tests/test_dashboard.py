@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,8 @@ import torch
 from vistool.cli import main as vistool
 from vistool.core.checkpoint import save_checkpoint
 from vistool.core.errors import RandomWeightsWarning
-from vistool.core.registry import get_model
+from vistool.core.registry import get_model, model_defaults
+from vistool.data.shapes import SHAPE_CLASSES
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
@@ -44,28 +46,201 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("VISTOOL_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     st.cache_resource.clear()
+    st.cache_data.clear()
     return AppTest.from_file(APP, default_timeout=120)
 
 
-def test_dashboard_shows_layers_activations_and_predictions(app, tmp_path):
-    path = _checkpoint(tmp_path / "m.safetensors", ["yes", "no"], size=32)
+def _main_warnings(app) -> list[str]:
+    """The page's warnings but the Style tab's notice about VGG19's weights."""
+    return [w.value for w in app.warning if "VGG19" not in w.value]
+
+
+def _captions(app, tab: int | None = None) -> list[str]:
+    where = app if tab is None else app.tabs[tab]
+    return [img.proto.imgs[0].caption for img in where.get("image")]
+
+
+TABS = ["Layers", "Activations", "Filters", "Class activation maps", "DeepDream",
+        "Style transfer", "Evaluate"]
+
+
+@pytest.fixture
+def small(app, tmp_path):
+    """The app on a small random shapes_cnn checkpoint (the shapes classes) at 32²."""
+    path = _checkpoint(tmp_path / "m.safetensors", list(SHAPE_CLASSES), size=32)
     app.run()
     app.text_input(key="model").input(str(path)).run()
+    assert not app.exception and not app.error
+    return app
+
+
+def test_every_tab_renders_and_the_prediction_is_always_visible(small):
+    app = small
+    assert [t.label for t in app.tabs] == TABS
+    assert set(app.table[0].value["class"]) == set(SHAPE_CLASSES)
+    captions = _captions(app)
+    assert captions[0] == "input"
+    assert "features: channels 0–15" in captions
+    assert any(c.startswith("features channel ") for c in captions)
+    assert any(c.startswith("the strongest channel of each layer: features") for c in captions)
+    assert [c for c in _captions(app, 3) if c != "raw map"] == [
+        "gradcam (closed form)", "gradcam++ (closed form)", "layercam (closed form)"]
+    assert len(app.tabs[3].get("download_button")) == 6  # PNG and .npy per method
+
+
+def test_the_layer_chosen_in_the_layers_tab_is_every_tabs(small):
+    app = small
+    app.text_input(key="layer_filter").input("conv").run()
+    shown = app.dataframe[0].value
+    assert set(shown["type"]) == {"Conv2d"}
+    assert app.selectbox(key="layer").options == list(shown["name"])
+    app.selectbox(key="layer").select("features.4").run()
+    assert not app.exception and not app.error
+    assert "features.4: channels 0–7" in _captions(app, 1)
+    for tab in (1, 2, 3, 4):
+        assert "**features.4**" in " ".join(c.value for c in app.tabs[tab].caption), tab
+    assert _captions(app, 3)[0] == "gradcam"  # not the GAP layer: no closed form
+
+
+def test_activation_widgets_update_their_views(small):
+    app = small
+    app.slider(key="channel").set_value(2).run()
+    assert "features channel 2" in _captions(app, 1)
+    app.slider(key="channels").set_value((1, 2)).run()
+    assert "features: channels 1–2" in _captions(app, 1)
+    stats = app.tabs[1].dataframe[0].value
+    assert list(stats["mean"]) == sorted(stats["mean"], reverse=True)
+    assert sorted(stats["channel"]) == list(range(16))
+
+
+def test_cam_methods_class_and_errors(small):
+    app = small
+    app.multiselect(key="cam_methods").set_value(["gradcam", "cam", "scorecam"]).run()
+    app.selectbox(key="cam_class").select(2).run()
     assert not app.exception
-    assert not app.error
-    assert [t.label for t in app.tabs] == ["Layers", "Activations", "Class activation map"]
-    assert app.selectbox(key="layer").value == "features"
-    assert set(app.table[0].value["class"]) == {"yes", "no"}
-    app.selectbox(key="layer").select("features.0").run()
-    captions = [img.proto.imgs[0].caption for img in app.get("image")]
-    assert captions[:2] == ["input", "features.0: (4, 32, 32)"]
-    assert captions[2].startswith("gradcam · features · class ")
-    assert captions[2].endswith("(closed form)")
-    app.selectbox(key="cam_method").select("cam").run()
-    app.selectbox(key="cam_layer").select("features.3").run()
-    assert "not followed by global average pooling" in app.error[0].value
-    stats = app.dataframe[-1].value
-    assert list(stats["channel"]) == [0, 1, 2, 3]
+    assert app.selectbox(key="cam_class").value == 2
+    notes = [m.value for m in app.tabs[3].markdown if "deletion AUC" in m.value]
+    assert len(notes) == 3 and all("insertion AUC" in n for n in notes)
+    app.selectbox(key="layer").select("features.4").run()
+    errors = [e.value for e in app.tabs[3].error]
+    assert len(errors) == 1 and "not followed by global average pooling" in errors[0]
+    assert _captions(app, 3)[0] == "gradcam"  # the other methods still show
+
+
+def test_long_work_tabs_run_with_progress_and_downloads(small):
+    app = small
+    app.multiselect(key="fv_channels").set_value([0, 3])
+    app.select_slider(key="fv_steps").set_value(32)
+    app.button(key="fv_run").click().run()
+    assert _captions(app, 2)[:4] == ["channel 0", "its activation here", "channel 3",
+                                     "its activation here"]
+    app.slider(key="dream_octaves").set_value(2)
+    app.slider(key="dream_steps").set_value(2)
+    app.button(key="dream_run").click().run()
+    assert "deepdream · features" in _captions(app, 4)
+    app.select_slider(key="style_size").set_value(128)
+    app.slider(key="style_steps").set_value(10)
+    app.button(key="style_run").click().run()
+    assert "stylised" in _captions(app, 5)
+    app.slider(key="eval_limit").set_value(4)
+    app.multiselect(key="eval_methods").set_value(["gradcam", "random"])
+    app.button(key="eval_run").click().run()
+    assert not app.exception and not app.error
+    table = [m.value for m in app.tabs[6].markdown if m.value.startswith("| method |")]
+    assert len(table) == 1 and "| gradcam |" in table[0] and "| random |" in table[0]
+    assert "mean curves per method" in _captions(app, 6)
+    assert len(app.tabs[4].get("download_button")) == 1
+    assert len(app.tabs[5].get("download_button")) == 1
+
+
+def test_a_trained_checkpoint_explains_its_own_image(app, trained_shapes):
+    app.run()
+    app.text_input(key="model").input(str(trained_shapes[0])).run()
+    app.selectbox(key="source").select("shapes").run()
+    assert not app.exception and not app.error and not _main_warnings(app)
+    top = app.table[0].value
+    assert float(top["probability"].iloc[0]) > 0.5
+    app.button(key="eval_run").click().run()
+    table = next(m.value for m in app.tabs[6].markdown if m.value.startswith("| method |"))
+    gradcam = next(line for line in table.splitlines() if line.startswith("| gradcam |"))
+    assert gradcam.split("|")[2].strip().startswith("1.000")  # pointing game on 16 images
+
+
+def test_the_generative_tab_for_a_vae_and_a_gan(app, tmp_path):
+    for arch in ("vae", "dcgan"):
+        torch.manual_seed(0)
+        path = tmp_path / f"{arch}.safetensors"
+        inputs = (model_defaults(arch) if arch == "vae" else  # a GAN's input is its code
+                  {"input_size": [64, 1, 1], "mean": [0.0] * 64, "std": [1.0] * 64})
+        save_checkpoint(path, get_model(arch), {"arch": arch, "arch_kwargs": {}, **inputs})
+        app.run()
+        app.text_input(key="model").input(str(path)).run()
+        assert not app.exception and not app.error, arch
+        assert [t.label for t in app.tabs] == ["Layers", "Generative"]
+        captions = _captions(app, 1)
+        assert "interpolation between two codes" in captions
+        assert "samples from the prior N(0, I)" in captions
+        assert ("digits (top) and their reconstructions (bottom)" in captions) == (arch == "vae")
+        app.slider(key="gen_z0").set_value(2.5).run()
+        assert not app.exception
+
+
+def test_a_corrupt_image_and_a_wrong_checkpoint_are_one_line_errors(small, monkeypatch,
+                                                                     tmp_path):
+    from dashboard import common
+
+    app = small
+    monkeypatch.setattr(common, "sample_image", lambda source, seed: b"not an image")
+    app.number_input(key="seed").set_value(3).run()
+    assert not app.exception
+    assert "cannot" in app.error[0].value.lower() or "image" in app.error[0].value.lower()
+    monkeypatch.undo()
+    other = _checkpoint(tmp_path / "other.safetensors", ["a", "b"], size=32)
+    app.text_input(key="model").input("resnet18").run()
+    app.text_input(key="weights").input(str(other)).run()
+    assert not app.exception
+    assert len(app.error) == 1 and "\n" not in app.error[0].value
+
+
+def test_upload_size_is_limited(monkeypatch):
+    from dashboard import common
+    from vistool.core.errors import VistoolError
+
+    class Upload:
+        name = "big.png"
+
+        def getvalue(self):
+            return b"0" * (2 * 1024 * 1024)
+
+    monkeypatch.setattr(common, "MAX_UPLOAD_MB", 1.0)
+    with pytest.raises(VistoolError, match=re.escape("big.png is 2.0 MB; the dashboard takes "
+                                                     "uploads up to 1 MB")):
+        common.check_upload(Upload())
+
+
+def test_no_hook_is_left_and_the_model_keeps_its_state(small):
+    from dashboard import common
+
+    app = small
+    app.button(key="fv_run").click().run()
+    app.selectbox(key="cam_class").select(1).run()
+    spec = app.text_input(key="model").value
+    loaded, _, _ = common.get_model(spec, "default", "auto", "")
+    for module in loaded.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module.training
+    assert all(p.grad is None for p in loaded.model.parameters())
+
+
+def test_picking_a_trained_checkpoint_from_the_catalogue(app, tmp_path):
+    runs = _checkpoint(tmp_path / "runs" / "mine" / "best.safetensors", ["p", "q"], size=32)
+    app.run()
+    label = next(o for o in app.selectbox(key="model_pick").options if str(runs) in o
+                 or "runs/mine" in o)
+    app.selectbox(key="model_pick").select(label).run()
+    assert app.text_input(key="model").value.endswith("runs/mine/best.safetensors")
+    assert set(app.table[0].value["class"]) == {"p", "q"}
 
 
 def test_dashboard_reports_bad_model_in_one_line(app):
@@ -81,7 +256,7 @@ def test_dashboard_opens_on_the_cached_trained_demo_model(app, tmp_path):
     app.run()
     assert not app.exception
     assert not app.error
-    assert not app.warning
+    assert not _main_warnings(app)
     assert (app.text_input(key="model").value, app.text_input(key="weights").value) == (
         "shapes_cnn", "default")
     assert set(app.table[0].value["class"]) == {"alpha", "beta", "gamma"}
@@ -94,8 +269,8 @@ def test_dashboard_says_prominently_when_the_weights_are_random(app):
         app.run()
     assert not app.exception
     assert not app.error
-    assert len(app.warning) == 1
-    notice = app.warning[0].value
+    assert len(_main_warnings(app)) == 1
+    notice = _main_warnings(app)[0]
     assert "weights are random" in notice
     assert "`make demo`" in notice and "`vistool train shapes-cnn`" in notice
     assert "random initialisation" in app.sidebar.caption[0].value
@@ -116,7 +291,7 @@ def test_dashboard_opens_on_the_model_its_arguments_name(app, tmp_path, monkeypa
     assert (app.text_input(key="model").value, app.text_input(key="weights").value) == tuple(
         path if f == "M" else f for f in fields)
     assert set(app.table[0].value["class"]) == {"yes", "no"}
-    assert [w.value for w in app.warning] == (
+    assert _main_warnings(app) == (
         ["ignored dashboard arguments '--colour red'; it takes --model M and --checkpoint F"]
         if "--colour" in args else [])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import Session
+from dashboard.common import Session, default_layer
 
 
 def render(session: Session) -> None:
@@ -16,8 +16,8 @@ def render(session: Session) -> None:
     names = [row["name"] for row in shown if row["output_shape"] is not None]
     if not names:
         st.info(f"no layer matches {query!r}")
-        names = [loaded.default_layer]
+        names = [default_layer(session)]
     current = st.session_state.get("layer")
-    default = current if current in names else loaded.default_layer
+    default = current if current in names else default_layer(session)
     st.selectbox("Layer (every tab uses it)", names,
                  index=names.index(default) if default in names else 0, key="layer")

@@ -85,6 +85,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.data import load_eval_set
+    from ..evaluate.localisation import default_tolerance
     from ..evaluate.report import markdown_table
     from ..evaluate.suite import evaluate
     from ..outputs import resolve_run_dir, run_directory
@@ -98,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if data.masks is None and data.boxes is None and set(metrics) & set(LOCALISATION):
         raise VistoolError("localisation metrics need masks: the shapes data, or --masks DIR "
                            "for an image folder")
-    size = min(data.images.shape[2:])
-    tolerance = args.tolerance if args.tolerance is not None else round(15 * size / 224)
+    tolerance = (args.tolerance if args.tolerance is not None
+                 else default_tolerance(tuple(data.images.shape[2:])))
     baseline = None if args.baseline == "rise" else args.baseline
     status(f"evaluating {len(args.methods)} methods on {len(data.names)} images …")
     start = time.perf_counter()

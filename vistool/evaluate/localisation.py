@@ -22,6 +22,7 @@ import torch.nn.functional as F
 __all__ = [
     "EmptyMaskWarning",
     "box_masks",
+    "default_tolerance",
     "iou",
     "pointing_game",
     "relevance_mass",
@@ -57,6 +58,13 @@ def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     xs = torch.arange(size[1], device=boxes.device)[None, None, :]
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
     return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+
+
+def default_tolerance(size: tuple[int, int] | int) -> int:
+    """The pointing game's usual tolerance, Zhang et al.'s 15 pixels at 224, scaled to an
+    image of ``size`` (its shorter side)."""
+    side = size if isinstance(size, int) else min(size)
+    return round(15 * side / 224)
 
 
 def _dilate(masks: torch.Tensor, tolerance: int) -> torch.Tensor:

@@ -158,8 +158,9 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
              methods: Sequence[str] = ("gradcam", "random"),
              metrics: Sequence[str] = METRICS, masks: torch.Tensor | None = None,
              boxes: torch.Tensor | None = None, layer: str | None = None, steps: int = 24,
-             baseline: str | float | None = None, tolerance: int = 0, sanity: bool = False,
-             batch_size: int = 64, seed: int = 0, progress: bool = False) -> Evaluation:
+             baseline: str | float | None = None, tolerance: int | None = None,
+             sanity: bool = False, batch_size: int = 64, seed: int = 0,
+             progress: bool = False) -> Evaluation:
     """Explain ``images`` with each method and score every map with every metric.
 
     Args:
@@ -174,7 +175,8 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
         layer: the CAM layer (default: the model's default layer).
         steps, baseline: of the deletion and insertion curves
             (:func:`~vistool.evaluate.faithfulness.perturbation_curve`).
-        tolerance: of the pointing game, in pixels.
+        tolerance: of the pointing game, in pixels (default: 15 at 224, scaled:
+            :func:`~vistool.evaluate.localisation.default_tolerance`).
         sanity: also run :func:`~vistool.evaluate.sanity.randomisation_check` per method.
         batch_size: perturbed images per forward pass.
         seed: seeds the random maps, SmoothGrad noise, ROAD's noise and the sanity check.
@@ -193,6 +195,8 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
     targets = torch.as_tensor(targets, device=images.device).long().expand(images.shape[0])
     if layer is None and isinstance(model, LoadedModel):
         layer = model.default_layer  # also for the sanity check's copies, plain modules
+    if tolerance is None:
+        tolerance = loc.default_tolerance(tuple(images.shape[2:]))
     options = {"steps": steps, "baseline": baseline, "tolerance": tolerance,
                "batch_size": batch_size, "seed": seed, "progress": progress}
     ev = Evaluation()
