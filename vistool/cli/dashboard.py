@@ -18,7 +18,8 @@ APP_ARGUMENTS = ("model", "checkpoint")
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "dashboard", help="open the Streamlit dashboard",
-        description="Serve the Streamlit dashboard (layers, activations, class activation maps) "
+        description="Serve the Streamlit dashboard (layers, activations, filters, class "
+                    "activation maps, DeepDream, style transfer, evaluation, generative models) "
                     "in this process; SIGTERM or Ctrl-C stops it. --model and --checkpoint "
                     "reach the app as its script arguments, so the same start is "
                     "'streamlit run dashboard/app.py -- --model M --checkpoint F'.")
