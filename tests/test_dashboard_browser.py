@@ -1,0 +1,235 @@
+"""The dashboard end to end in a real browser: ``vistool dashboard`` served on a free localhost
+port and driven with Playwright through the system Chromium (headless). Screenshots of each
+stage are written to ``test-artifacts/dashboard/`` at the repository root.
+
+Needs the ``playwright`` package (the ``dev`` extra) and Debian's ``chromium`` (``make test``
+installs it when it can); without either the test skips, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vistool.core.checkpoint import save_checkpoint
+from vistool.core.registry import get_model
+from vistool.data.shapes import render_scene
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
+# Debian's chromium as root, in a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 60_000  # the first model load and render take a while on a small CPU
+
+
+def _chromium() -> str | None:
+    return next((path for path in ("/usr/bin/chromium", shutil.which("chromium"),
+                                   shutil.which("chromium-browser")) if path and
+                 Path(path).exists()), None)
+
+
+def _checkpoint(path: Path, classes: list[str], size: int = 64) -> Path:
+    """A small shapes_cnn checkpoint (random weights, given class names) at ``path``."""
+    torch.manual_seed(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"num_classes": len(classes), "width": 4}
+    save_checkpoint(path, get_model("shapes_cnn", **kwargs),
+                    {"arch": "shapes_cnn", "arch_kwargs": kwargs, "classes": classes,
+                     "input_size": [3, size, size]})
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/_stcore/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
+        if _healthy(port):
+            return
+        time.sleep(0.25)
+    pytest.fail(f"the dashboard did not answer on port {port} in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    """The URL of ``vistool dashboard --model <small checkpoint>`` served on 127.0.0.1; the
+    server is stopped with SIGTERM afterwards."""
+    model = _checkpoint(tmp_path / "shapes.safetensors", ["circle", "square", "triangle"])
+    port = _free_port()
+    log = tmp_path / "dashboard.log"
+    env = {**os.environ, "VISTOOL_CACHE": str(tmp_path / "cache"),
+           "STREAMLIT_SERVER_ADDRESS": "127.0.0.1",  # loopback only
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vistool", "dashboard", "--headless", "--port", str(port),
+             "--model", str(model)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        _wait_until_healthy(proc, port, log)
+        yield f"http://127.0.0.1:{port}/", log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def browser():
+    """Headless system Chromium through Playwright (skips when either is missing)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install -e '.[dev]')")
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no chromium executable (Debian: apt-get install chromium; `make test` "
+                    "installs it when run as root)")
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=executable, headless=True,
+                                          args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def _settle(page, timeout: float = TIMEOUT_MS) -> None:
+    """Wait until the script (or fragment) run that the last interaction started is over."""
+    page.wait_for_timeout(300)  # let the rerun request reach the server
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]',
+                           timeout=timeout)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=timeout)
+
+
+def _png(image) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), dtype=np.float64)
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_dashboard_in_a_browser_shows_a_cam_and_follows_the_channel_slider(browser, dashboard,
+                                                                          tmp_path):
+    from playwright.sync_api import expect  # the browser fixture skipped without it
+
+    url, log = dashboard
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    scene = tmp_path / "scene.png"
+    Image.fromarray(render_scene(np.random.default_rng(3), 64, [0, 1, 2]).image).save(scene)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_selector('[data-testid="stApp"]')
+        page.get_by_role("tab", name="Class activation maps").wait_for()
+        _settle(page)
+        _shot(page, "01-opened")
+        shown = page.locator('[data-testid="stImage"]').filter(
+            has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^input$")))
+        sample = _png(shown.locator("img").screenshot())
+
+        # Sidebar: Image -> "upload an image", then the scene through the "Image file" uploader.
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.locator('[data-testid="stSelectbox"]').filter(
+            has=page.get_by_text("Image", exact=True)).click()
+        page.get_by_role("option", name="upload an image").click()
+        _settle(page)
+        uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+            has=page.get_by_text("Image file", exact=True))
+        uploader.locator('input[type="file"]').set_input_files(str(scene))
+        uploader.get_by_text("scene.png").wait_for()
+        _settle(page)
+        _shot(page, "02-uploaded")
+        uploaded = _png(shown.locator("img").screenshot(path=str(ARTIFACTS / "02-input.png")))
+        assert sample.shape != uploaded.shape or np.abs(sample - uploaded).mean() > 1, \
+            "the input did not change to the uploaded image"
+
+        # Class activation maps: the gradcam overlay is there and not blank.
+        page.get_by_role("tab", name="Class activation maps").click()
+        panel = page.get_by_role("tabpanel", name="Class activation maps")
+        overlay = panel.locator('[data-testid="stImage"]').filter(
+            has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^gradcam")))
+        overlay.first.locator("img").wait_for()
+        _settle(page)
+        shot = overlay.first.locator("img").screenshot(path=str(ARTIFACTS / "03-gradcam.png"))
+        _shot(page, "03-cam-tab")
+        pixels = _png(shot)
+        assert pixels.shape[0] > 32 and pixels.shape[1] > 32, pixels.shape
+        assert pixels.var() > 100, f"the gradcam overlay looks blank (variance {pixels.var()})"
+
+        # Activations: moving the Channel slider changes the large view and its caption.
+        page.get_by_role("tab", name="Activations").click()
+        panel = page.get_by_role("tabpanel", name="Activations")
+        large = panel.locator('[data-testid="stImage"]').filter(
+            has=page.locator('[data-testid="stImageCaption"]',
+                             has_text=re.compile(r" channel \d+$")))
+        large.locator("img").wait_for()
+        _settle(page)
+        caption = large.locator('[data-testid="stImageCaption"]').inner_text()
+        before = large.locator("img").screenshot(path=str(ARTIFACTS / "04-channel-before.png"))
+        _shot(page, "04-activations-tab")
+        thumb = panel.locator('[data-testid="stSlider"]').filter(
+            has=page.get_by_text("Channel", exact=True)).get_by_role("slider")
+        start = int(thumb.input_value())  # a (visually hidden) input type=range
+        maximum = int(thumb.get_attribute("max"))
+        thumb.focus()
+        for _ in range(3):
+            thumb.press("ArrowLeft" if start == maximum else "ArrowRight")
+        moved = int(thumb.input_value())
+        assert moved != start
+        expect(large.locator('[data-testid="stImageCaption"]')).not_to_have_text(
+            caption, timeout=TIMEOUT_MS)
+        _settle(page)
+        after_caption = large.locator('[data-testid="stImageCaption"]').inner_text()
+        assert re.search(r" channel (\d+)$", caption).group(1) != \
+            re.search(r" channel (\d+)$", after_caption).group(1)
+        assert after_caption.endswith(f" channel {moved}"), (after_caption, moved)
+        after = large.locator("img").screenshot(path=str(ARTIFACTS / "05-channel-after.png"))
+        _shot(page, "05-channel-moved")
+        a, b = _png(before), _png(after)
+        assert a.shape != b.shape or np.abs(a - b).mean() > 1, "the large view did not change"
+    except Exception:
+        _shot(page, "99-failure")
+        print(log.read_text())
+        raise
+    finally:
+        page.close()
