@@ -119,6 +119,8 @@ def test_cam_methods_class_and_errors(small):
     app.selectbox(key="cam_class").select(2).run()
     assert not app.exception
     assert app.selectbox(key="cam_class").value == 2
+    assert not [m for m in app.tabs[3].markdown if "deletion AUC" in m.value]  # opt-in
+    app.toggle(key="cam_scores").set_value(True).run()
     notes = [m.value for m in app.tabs[3].markdown if "deletion AUC" in m.value]
     assert len(notes) == 3 and all("insertion AUC" in n for n in notes)
     app.selectbox(key="layer").select("features.4").run()

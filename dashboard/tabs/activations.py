@@ -10,7 +10,15 @@ import torch
 import vistool
 from dashboard.common import Session, activations, selected_layer, spatial_layers
 from vistool.explainers.activations import channel_stats
-from vistool.render import channel_grid, enlarge, image_grid, normalize, overlay, to_uint8_hwc
+from vistool.render import (
+    channel_grid,
+    enlarge,
+    image_grid,
+    line_chart,
+    normalize,
+    overlay,
+    to_uint8_hwc,
+)
 
 
 def render(session: Session) -> None:
@@ -25,9 +33,8 @@ def render(session: Session) -> None:
                              key="normalization")
     count = acts.shape[0]
     lo, hi = st.slider("Channels", 0, count - 1, (0, min(count, 64) - 1), key="channels")
-    grid = channel_grid(torch.from_numpy(acts), list(range(lo, hi + 1)),
-                        normalization=normalization)
-    st.image(to_uint8_hwc(grid), caption=f"{layer}: channels {lo}–{hi}")
+    st.image(grid_picture(session.key, session.digest, layer, lo, hi, normalization, acts),
+             caption=f"{layer}: channels {lo}–{hi}")
     stats = {k: v.numpy() for k, v in channel_stats(torch.from_numpy(acts)).items()}
     channel_view(session, layer, acts, int(stats["mean"].argmax()))
     order = np.argsort(-stats["mean"])
@@ -37,12 +44,24 @@ def render(session: Session) -> None:
         walk(session)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def grid_picture(key: tuple, digest: str, layer: str, lo: int, hi: int, normalization: str,
+                 _acts: np.ndarray) -> np.ndarray:
+    return to_uint8_hwc(channel_grid(torch.from_numpy(_acts), list(range(lo, hi + 1)),
+                                     normalization=normalization))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def input_view(key: tuple, digest: str, _session: Session) -> torch.Tensor:
+    return vistool.deprocess(_session.batch, _session.loaded.mean, _session.loaded.std)[0].cpu()
+
+
 @st.fragment
 def channel_view(session: Session, layer: str, acts: np.ndarray, strongest: int) -> None:
     """One channel large over the input; its sliders rerun only this fragment."""
     channel = st.slider("Channel", 0, acts.shape[0] - 1, strongest, key="channel")
     alpha = st.slider("Opacity over the input", 0.0, 1.0, 0.7, key="channel_alpha")
-    view = vistool.deprocess(session.batch, session.loaded.mean, session.loaded.std)[0].cpu()
+    view = input_view(session.key, session.digest, session)
     heat = normalize(torch.from_numpy(acts[channel]).float())
     st.image(to_uint8_hwc(enlarge(overlay(view, heat, alpha, "viridis"), 256)),
              caption=f"{layer} channel {channel}")
@@ -51,14 +70,25 @@ def channel_view(session: Session, layer: str, acts: np.ndarray, strongest: int)
 def walk(session: Session) -> None:
     """Mean activation per layer and each layer's strongest channel, input to output."""
     names = tuple(spatial_layers(session))
-    acts = activations(session.key, session.digest, names, session)
-    means = [float(acts[n].mean()) for n in names]
-    st.line_chart({"mean activation": means}, x_label="layer (input → output)")
+    chart, picture = walk_pictures(session.key, session.digest, names, session)
+    st.image(chart, caption="mean activation per layer")
+    st.image(picture, caption="the strongest channel of each layer: " + " → ".join(names))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def walk_pictures(key: tuple, digest: str, names: tuple[str, ...], _session: Session
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    acts = activations(key, digest, names, _session)
     thumbs = []
     for name in names:
         value = torch.from_numpy(acts[name])
         best = value[int(value.flatten(1).mean(1).argmax())]
         thumbs.append(torch.nn.functional.interpolate(normalize(best)[None, None], size=48)[0])
-    st.image(to_uint8_hwc(image_grid(torch.stack(thumbs).expand(-1, 3, -1, -1),
-                                     cols=min(12, len(thumbs)))),
-             caption="the strongest channel of each layer: " + " → ".join(names))
+    picture = to_uint8_hwc(image_grid(torch.stack(thumbs).expand(-1, 3, -1, -1),
+                                      cols=min(12, len(thumbs))))
+    steps = list(range(len(names)))
+    chart = line_chart([{"xlabel": "layer (input → output)", "ylabel": "mean activation",
+                         "xticks": (steps, list(names)),
+                         "series": {"mean": (steps, [float(acts[n].mean()) for n in names])}}],
+                       width=9.0, height=3.0)
+    return chart, picture

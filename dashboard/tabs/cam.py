@@ -23,16 +23,36 @@ from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
 @st.cache_data(show_spinner=False, max_entries=64)
 def cam(key: tuple, digest: str, method: str, layer: str, target: int, _session: Session
         ) -> dict:
-    """The map at input resolution, the raw layer map and, for deletion/insertion, scores."""
+    """The map at input resolution and the raw layer map."""
     with _session.lock:
         result = vistool.explain(_session.loaded, _session.batch, method, targets=target,
                                  layer=layer, channels=32 if method == "scorecam" else None)
-        maps = result.maps
-        auc = {mode: float(perturbation_curve(_session.loaded, _session.batch, maps, target,
-                                              mode, steps=16).auc[0])
-               for mode in ("deletion", "insertion")}
-    return {"map": maps[0].cpu().numpy(), "raw": result.raw[layer][0].cpu().numpy(),
-            "closed_form": result.closed_form, **auc}
+    return {"map": result.maps[0].cpu().numpy(), "raw": result.raw[layer][0].cpu().numpy(),
+            "closed_form": result.closed_form}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def scores(key: tuple, digest: str, method: str, layer: str, target: int, _session: Session
+           ) -> dict[str, float]:
+    """The map's deletion and insertion AUC (16 steps: 34 forwards of the model)."""
+    found = cam(key, digest, method, layer, target, _session)
+    maps = torch.from_numpy(found["map"])[None].to(_session.batch.device)
+    with _session.lock:
+        return {mode: float(perturbation_curve(_session.loaded, _session.batch, maps, target,
+                                               mode, steps=16).auc[0])
+                for mode in ("deletion", "insertion")}
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def pictures(key: tuple, digest: str, method: str, layer: str, target: int, alpha: float,
+             colormap: str, _session: Session) -> tuple:
+    """The overlay and the raw map as pictures, and the overlay's PNG for the download."""
+    found = cam(key, digest, method, layer, target, _session)
+    heat = torch.from_numpy(found["map"])
+    view = vistool.deprocess(_session.batch, _session.loaded.mean, _session.loaded.std)[0]
+    picture = to_uint8_hwc(enlarge(overlay(view.cpu(), heat, alpha, colormap), 256))
+    return (picture, to_uint8_hwc(enlarge(apply_colormap(heat, colormap), 128)),
+            png_bytes(picture), npy_bytes(np.asarray(found["raw"])))
 
 
 def render(session: Session) -> None:
@@ -47,23 +67,25 @@ def render(session: Session) -> None:
     target = st.selectbox("Class (type to search)", classes, index=int(probs.argmax()),
                           format_func=lambda i: f"{i}: {loaded.class_name(i) or ''} "
                                                 f"({probs[i]:.1%})", key="cam_class")
-    left, right = st.columns(2)
+    left, middle, right = st.columns(3)
     alpha = left.slider("Opacity", 0.0, 1.0, 0.5, key="cam_alpha")
-    colormap = right.selectbox("Colour map", ["jet", "viridis", "inferno", "turbo", "gray"],
-                               key="cam_colormap")
-    view = vistool.deprocess(session.batch, loaded.mean, loaded.std)[0].cpu()
+    colormap = middle.selectbox("Colour map", ["jet", "viridis", "inferno", "turbo", "gray"],
+                                key="cam_colormap")
+    scored = right.toggle("Deletion / insertion AUC", key="cam_scores",
+                          help="score each map by deleting and inserting its pixels in order "
+                               "(34 forward passes per map)")
     for column, method in zip(st.columns(max(1, len(methods))), methods):
         with column, guard():
-            found = cam(session.key, session.digest, method, layer, int(target), session)
-            heat = torch.from_numpy(found["map"])
-            picture = to_uint8_hwc(enlarge(overlay(view, heat, alpha, colormap), 256))
+            args = (session.key, session.digest, method, layer, int(target))
+            found = cam(*args, session)
+            picture, raw, png, npy = pictures(*args, alpha, colormap, session)
             st.image(picture, caption=f"{method}{' (closed form)' if found['closed_form'] else ''}")
-            st.image(to_uint8_hwc(enlarge(apply_colormap(heat, colormap), 128)),
-                     caption="raw map")
-            st.markdown(f"deletion AUC **{found['deletion']:.3f}** ↓ · insertion AUC "
-                        f"**{found['insertion']:.3f}** ↑")
+            st.image(raw, caption="raw map")
+            if scored:
+                auc = scores(*args, session)
+                st.markdown(f"deletion AUC **{auc['deletion']:.3f}** ↓ · insertion AUC "
+                            f"**{auc['insertion']:.3f}** ↑")
             stem = f"{method}-{layer}-c{target}"
-            st.download_button("overlay PNG", png_bytes(picture), f"{stem}.png", "image/png",
+            st.download_button("overlay PNG", png, f"{stem}.png", "image/png",
                                key=f"cam_png_{method}")
-            st.download_button("raw .npy", npy_bytes(np.asarray(found["raw"])), f"{stem}.npy",
-                               key=f"cam_npy_{method}")
+            st.download_button("raw .npy", npy, f"{stem}.npy", key=f"cam_npy_{method}")

@@ -40,5 +40,9 @@ def render(session: Session) -> None:
             column.image(to_uint8_hwc(enlarge(heat[None].expand(3, -1, -1), 96)),
                          caption="its activation here")
     with st.expander("First-layer kernels as RGB"):
-        kernels = vistool.first_layer_weights(loaded)
-        st.image(to_uint8_hwc(image_grid(kernels, cell=32)), caption="0.5 grey = zero weight")
+        st.image(kernel_picture(session.key, session), caption="0.5 grey = zero weight")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def kernel_picture(key: tuple, _session: Session):
+    return to_uint8_hwc(image_grid(vistool.first_layer_weights(_session.loaded), cell=32))
