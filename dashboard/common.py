@@ -6,6 +6,7 @@ the model's key, the image's digest and the options, so reruns and sliders reuse
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -130,6 +131,18 @@ def guard() -> Iterator[None]:
         yield
     except VistoolError as exc:
         st.error(str(exc))
+
+
+def tab(render):
+    """A tab's ``render(session)`` as an ``st.fragment`` whose errors show as ``st.error``:
+    its widgets rerun only the tab (the Layers tab, whose choice every tab follows, is a
+    plain function and reruns the page)."""
+    @functools.wraps(render)
+    def run(session: Session) -> None:
+        with guard():
+            render(session)
+
+    return st.fragment(run)
 
 
 def session_of(spec: str, weights: str, device: str, image_source) -> Session:

@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 
 import vistool
-from dashboard.common import Session, activations, selected_layer, spatial_layers
+from dashboard.common import Session, activations, selected_layer, spatial_layers, tab
 from vistool.explainers.activations import channel_stats
 from vistool.render import (
     channel_grid,
@@ -21,6 +21,7 @@ from vistool.render import (
 )
 
 
+@tab
 def render(session: Session) -> None:
     layer = selected_layer(session)
     acts = activations(session.key, session.digest, (layer,), session)[layer]

@@ -15,6 +15,7 @@ from dashboard.common import (
     png_bytes,
     probabilities,
     selected_layer,
+    tab,
 )
 from vistool.evaluate.faithfulness import perturbation_curve
 from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
@@ -55,6 +56,7 @@ def pictures(key: tuple, digest: str, method: str, layer: str, target: int, alph
             png_bytes(picture), npy_bytes(np.asarray(found["raw"])))
 
 
+@tab
 def render(session: Session) -> None:
     loaded = session.loaded
     layer = selected_layer(session, spatial=True)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 import vistool
-from dashboard.common import Session, png_bytes, progress_reporter, selected_layer
+from dashboard.common import Session, png_bytes, progress_reporter, selected_layer, tab
 from vistool.render import to_uint8_hwc
 
 
+@tab
 def render(session: Session) -> None:
     layer = selected_layer(session, spatial=True)
     st.caption(f"dreams at layer **{layer}** (choose it in the Layers tab)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import Session, selected_layer
+from dashboard.common import Session, selected_layer, tab
 from vistool.evaluate.data import load_eval_set
 from vistool.evaluate.names import EVAL_METHODS, LOCALISATION, METRICS
 from vistool.evaluate.report import curve_panels, markdown_table, sanity_panels
@@ -15,6 +15,7 @@ from vistool.render import line_chart
 FAST = ["pointing_game", "energy_pointing_game", "sparseness", "deletion_auc", "insertion_auc"]
 
 
+@tab
 def render(session: Session) -> None:
     dataset = st.text_input("Data", "shapes", key="eval_dataset",
                             help="shapes (labels, boxes and masks known) or imagefolder:DIR")

@@ -7,10 +7,11 @@ import streamlit as st
 import torch
 
 import vistool
-from dashboard.common import Session, activations, progress_reporter, selected_layer
+from dashboard.common import Session, activations, progress_reporter, selected_layer, tab
 from vistool.render import enlarge, image_grid, normalize, to_uint8_hwc
 
 
+@tab
 def render(session: Session) -> None:
     loaded = session.loaded
     layer = selected_layer(session, spatial=True)

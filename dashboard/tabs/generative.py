@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from dashboard.common import Session
+from dashboard.common import Session, tab
 from vistool import generative as gen
 from vistool.render import enlarge, image_grid, to_uint8_hwc
 
@@ -23,6 +23,7 @@ def _digits(count: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(data[picks, None], size=28, mode="bilinear")
 
 
+@tab
 def render(session: Session) -> None:
     model, kind = session.loaded.model, session.kind
     seed = st.number_input("Seed", value=0, step=1, key="gen_seed")

@@ -15,6 +15,7 @@ from dashboard.common import (
     get_model,
     png_bytes,
     progress_reporter,
+    tab,
 )
 from vistool.core.imageio import load_tensor
 from vistool.render import to_uint8_hwc
@@ -28,6 +29,7 @@ def vgg19_weights() -> str:
     return "default" if (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file() else "none"
 
 
+@tab
 def render(session: Session) -> None:
     upload = st.file_uploader("Style image", key="style_upload",
                               type=["jpg", "jpeg", "png", "webp", "bmp"])
