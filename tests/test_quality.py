@@ -183,6 +183,7 @@ def quantus():
     return pytest.importorskip("quantus", reason="Quantus is in the bench extra")
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 def test_metrics_equal_quantus(quantus, validation, gradcam_and_random):
     """Same model, images, maps and masks: equal within 1e-5, except where Quantus counts a
     blank map as a pointing-game hit (our first image's map is blanked on purpose)."""
