@@ -109,8 +109,10 @@ def _span(hits: torch.Tensor) -> torch.Tensor:
 
 
 def _localisation(name, maps, masks, boxes, tolerance) -> torch.Tensor:
+    """The pointing game and its energy version on the boxes; relevance mass and IoU on the
+    object masks."""
     if name == "pointing_game":
-        return loc.pointing_game(maps, masks, tolerance)
+        return loc.pointing_game(maps, boxes, tolerance)
     if name == "energy_pointing_game":
         return loc.relevance_mass(maps, boxes)
     if name == "relevance_mass":
@@ -171,7 +173,8 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
         metrics: names from :data:`vistool.evaluate.names.METRICS`; the localisation ones
             need ``masks`` or ``boxes``.
         masks: (N, H, W) bool object masks; boxes: (N, 4) ``(x0, y0, x1, y1)``. Either
-            stands in for the other (a box as a mask, a mask's bounding box).
+            stands in for the other (a box as a mask, a mask's bounding box). The pointing
+            game and the energy pointing game use the boxes, relevance mass and IoU the masks.
         layer: the CAM layer (default: the model's default layer).
         steps, baseline: of the deletion and insertion curves
             (:func:`~vistool.evaluate.faithfulness.perturbation_curve`).
