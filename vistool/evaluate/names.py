@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..explainers.names import ATTRIBUTION_METHODS, CAM_METHODS
 
-__all__ = ["EVAL_METHODS", "HIGHER_IS_BETTER", "LOCALISATION", "METRICS", "NEEDS_MODEL"]
+__all__ = ["EVAL_METHODS", "HIGHER_IS_BETTER", "LOCALISATION", "METRICS"]
 
 EVAL_METHODS = (*CAM_METHODS, *ATTRIBUTION_METHODS, "random")  # random: the chance level
 
@@ -25,5 +25,3 @@ HIGHER_IS_BETTER = {
 }
 METRICS = tuple(HIGHER_IS_BETTER)
 LOCALISATION = ("pointing_game", "energy_pointing_game", "relevance_mass", "iou")  # need masks
-NEEDS_MODEL = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence",
-               "road_morf_auc", "road_lerf_auc")
