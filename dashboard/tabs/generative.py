@@ -33,7 +33,7 @@ def render(session: Session) -> None:
             st.image(_grid(torch.cat([images, gen.reconstruct(model, images)]), cols=8),
                      caption="digits (top) and their reconstructions (bottom)")
             code = gen.encode(model, images[:1])
-            a, b = gen.encode(model, images[:1]), gen.encode(model, images[1:2])
+            a, b = code, gen.encode(model, images[1:2])
         else:
             code, _ = gen.sample(model, 1, int(seed))
             a, b = code, gen.sample(model, 2, int(seed) + 1)[0][1:]
