@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from dashboard_helpers import free_port, small_checkpoint, wait_until_healthy
 
 from vistool.cli import main as vistool
 from vistool.core.checkpoint import save_checkpoint
@@ -26,15 +25,6 @@ from vistool.data.shapes import SHAPE_CLASSES
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 
-def _checkpoint(path: Path, classes: list[str], size: int = 64) -> Path:
-    """A small shapes_cnn checkpoint (random weights, given class names) at ``path``."""
-    torch.manual_seed(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"num_classes": len(classes), "width": 4}
-    save_checkpoint(path, get_model("shapes_cnn", **kwargs),
-                    {"arch": "shapes_cnn", "arch_kwargs": kwargs, "classes": classes,
-                     "input_size": [3, size, size]})
-    return path
 
 
 @pytest.fixture
@@ -67,7 +57,7 @@ TABS = ["Layers", "Activations", "Filters", "Class activation maps", "DeepDream"
 @pytest.fixture
 def small(app, tmp_path):
     """The app on a small random shapes_cnn checkpoint (the shapes classes) at 32²."""
-    path = _checkpoint(tmp_path / "m.safetensors", list(SHAPE_CLASSES), size=32)
+    path = small_checkpoint(tmp_path / "m.safetensors", list(SHAPE_CLASSES), size=32)
     app.run()
     app.text_input(key="model").input(str(path)).run()
     assert not app.exception and not app.error
@@ -197,7 +187,7 @@ def test_a_corrupt_image_and_a_wrong_checkpoint_are_one_line_errors(small, monke
     assert not app.exception
     assert "cannot" in app.error[0].value.lower() or "image" in app.error[0].value.lower()
     monkeypatch.undo()
-    other = _checkpoint(tmp_path / "other.safetensors", ["a", "b"], size=32)
+    other = small_checkpoint(tmp_path / "other.safetensors", ["a", "b"], size=32)
     app.text_input(key="model").input("resnet18").run()
     app.text_input(key="weights").input(str(other)).run()
     assert not app.exception
@@ -236,7 +226,7 @@ def test_no_hook_is_left_and_the_model_keeps_its_state(small):
 
 
 def test_picking_a_trained_checkpoint_from_the_catalogue(app, tmp_path):
-    runs = _checkpoint(tmp_path / "runs" / "mine" / "best.safetensors", ["p", "q"], size=32)
+    runs = small_checkpoint(tmp_path / "runs" / "mine" / "best.safetensors", ["p", "q"], size=32)
     app.run()
     label = next(o for o in app.selectbox(key="model_pick").options if str(runs) in o
                  or "runs/mine" in o)
@@ -253,7 +243,7 @@ def test_dashboard_reports_bad_model_in_one_line(app):
 
 
 def test_dashboard_opens_on_the_cached_trained_demo_model(app, tmp_path):
-    cached = _checkpoint(tmp_path / "cache" / "shapes-cnn-v3" / "best.safetensors",
+    cached = small_checkpoint(tmp_path / "cache" / "shapes-cnn-v3" / "best.safetensors",
                          ["alpha", "beta", "gamma"])
     app.run()
     assert not app.exception
@@ -285,7 +275,7 @@ def test_dashboard_says_prominently_when_the_weights_are_random(app):
 ])
 def test_dashboard_opens_on_the_model_its_arguments_name(app, tmp_path, monkeypatch, args,
                                                          fields):
-    path = str(_checkpoint(tmp_path / "m.safetensors", ["yes", "no"], size=32))
+    path = str(small_checkpoint(tmp_path / "m.safetensors", ["yes", "no"], size=32))
     monkeypatch.setattr(sys, "argv", [APP, *(path if a == "M" else a for a in args)])
     app.run()
     assert not app.exception
@@ -303,32 +293,10 @@ def test_dashboard_command_refuses_a_missing_checkpoint_before_serving(capsys):
     assert "checkpoint 'missing.safetensors' does not exist" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/_stcore/health")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
-def _wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
-        if _healthy(port):
-            return
-        time.sleep(0.25)
-    pytest.fail(f"the dashboard did not answer on port {port} in {timeout} s:\n{log.read_text()}")
 
 
 def _processes() -> dict[int, tuple[int, str]]:
@@ -362,7 +330,7 @@ def _descendants(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="looks for leftovers in /proc")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_dashboard_server_stops_on_a_signal_and_leaves_nothing_serving(signum, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "dashboard.log"
     env = {**os.environ, "VISTOOL_CACHE": str(tmp_path / "cache"),
            "STREAMLIT_SERVER_ADDRESS": "127.0.0.1"}  # loopback only
@@ -371,7 +339,7 @@ def test_dashboard_server_stops_on_a_signal_and_leaves_nothing_serving(signum, t
             [sys.executable, "-m", "vistool", "dashboard", "--headless", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
     try:
-        _wait_until_healthy(proc, port, log)
+        wait_until_healthy(proc, port, log)
         children = _descendants(proc.pid)
         proc.send_signal(signum)
         try:

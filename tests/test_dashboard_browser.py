@@ -8,25 +8,20 @@ installs it when it can); without either the test skips, saying which is missing
 
 from __future__ import annotations
 
-import http.client
 import io
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from dashboard_helpers import free_port, small_checkpoint, wait_until_healthy
 from PIL import Image
 
-from vistool.core.checkpoint import save_checkpoint
-from vistool.core.registry import get_model
 from vistool.data.shapes import render_scene
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
@@ -43,51 +38,20 @@ def _chromium() -> str | None:
                  Path(path).exists()), None)
 
 
-def _checkpoint(path: Path, classes: list[str], size: int = 64) -> Path:
-    """A small shapes_cnn checkpoint (random weights, given class names) at ``path``."""
-    torch.manual_seed(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"num_classes": len(classes), "width": 4}
-    save_checkpoint(path, get_model("shapes_cnn", **kwargs),
-                    {"arch": "shapes_cnn", "arch_kwargs": kwargs, "classes": classes,
-                     "input_size": [3, size, size]})
-    return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _healthy(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/_stcore/health")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
-def _wait_until_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
-        if _healthy(port):
-            return
-        time.sleep(0.25)
-    pytest.fail(f"the dashboard did not answer on port {port} in {timeout} s:\n{log.read_text()}")
 
 
 @pytest.fixture
 def dashboard(tmp_path):
     """The URL of ``vistool dashboard --model <small checkpoint>`` served on 127.0.0.1; the
     server is stopped with SIGTERM afterwards."""
-    model = _checkpoint(tmp_path / "shapes.safetensors", ["circle", "square", "triangle"])
-    port = _free_port()
+    model = small_checkpoint(tmp_path / "shapes.safetensors", ["circle", "square", "triangle"])
+    port = free_port()
     log = tmp_path / "dashboard.log"
     env = {**os.environ, "VISTOOL_CACHE": str(tmp_path / "cache"),
            "STREAMLIT_SERVER_ADDRESS": "127.0.0.1",  # loopback only
@@ -98,7 +62,7 @@ def dashboard(tmp_path):
              "--model", str(model)],
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
     try:
-        _wait_until_healthy(proc, port, log)
+        wait_until_healthy(proc, port, log)
         yield f"http://127.0.0.1:{port}/", log
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -17,7 +17,7 @@ from dashboard.common import (
     selected_layer,
     tab,
 )
-from vistool.evaluate.faithfulness import perturbation_curve
+from vistool.evaluate.faithfulness import Scorer, perturbation_curve
 from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
 
 
@@ -39,8 +39,9 @@ def scores(key: tuple, digest: str, method: str, layer: str, target: int, _sessi
     found = cam(key, digest, method, layer, target, _session)
     maps = torch.from_numpy(found["map"])[None].to(_session.batch.device)
     with _session.lock:
-        return {mode: float(perturbation_curve(_session.loaded, _session.batch, maps, target,
-                                               mode, steps=16).auc[0])
+        score = Scorer(_session.loaded, _session.batch)  # one model copy for both curves
+        return {mode: float(perturbation_curve(score, _session.batch, maps, target, mode,
+                                               steps=16).auc[0])
                 for mode in ("deletion", "insertion")}
 
 

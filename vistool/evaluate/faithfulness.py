@@ -18,7 +18,7 @@ Scores are the softmax probabilities of the target classes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +30,17 @@ from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..explainers.inference import inference_copy, many_forwards_batch
 
-__all__ = ["BASELINES", "Curve", "baseline_images", "confidence_change", "impute",
-           "perturbation_curve", "removal_ranks", "road_curve", "scorer"]
+__all__ = [
+    "BASELINES",
+    "Curve",
+    "Scorer",
+    "baseline_images",
+    "confidence_change",
+    "impute",
+    "perturbation_curve",
+    "removal_ranks",
+    "road_curve",
+]
 
 BASELINES = ("constant", "blur", "mean")
 
@@ -57,26 +66,39 @@ def _trapezoid(scores: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     return torch.trapezoid(scores, fractions.to(scores), dim=1)
 
 
-@contextlib.contextmanager
-def scorer(model: LoadedModel | nn.Module, sample: torch.Tensor, batch_size: int = 64
-           ) -> Iterator[tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]]:
-    """``(score, batch)``: ``score(images, targets) -> (B,)`` softmax probabilities of
-    ``targets``, computed by a fused inference copy of the model in eval mode without
-    gradients, and the batch to use for many forwards: at most ``batch_size``, smaller on
-    CPU where activations would be large
-    (:func:`~vistool.explainers.inference.many_forwards_batch`)."""
-    net = model.model if isinstance(model, LoadedModel) else model
-    with preserved_state(net, eval_mode=True):
-        fast = inference_copy(net, fuse=True, sample=sample[:1])
-        batch = many_forwards_batch(fast, sample[:1].contiguous(
-            memory_format=torch.channels_last), batch_size)
+class Scorer:
+    """Softmax probabilities of target classes for many forward passes of one model:
+    ``scorer(images, targets) -> (B,)``, from a fused inference copy of the model
+    (:func:`~vistool.explainers.inference.inference_copy`, built once) in eval mode without
+    gradients; ``batch`` is the batch to use: at most ``batch_size``, smaller on CPU where
+    activations would be large (:func:`~vistool.explainers.inference.many_forwards_batch`).
 
-        def score(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                logits = fast(images.contiguous(memory_format=torch.channels_last))
-            return logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
+    Every function here takes a ``Scorer`` in place of the model, so that several curves of
+    the same model share one copy (:func:`vistool.evaluate.evaluate` does). The caller's
+    model keeps its flags."""
 
-        yield score, batch
+    def __init__(self, model: LoadedModel | nn.Module, sample: torch.Tensor,
+                 batch_size: int = 64):
+        self.net = model.model if isinstance(model, LoadedModel) else model
+        with preserved_state(self.net, eval_mode=True):
+            self.fast = inference_copy(self.net, fuse=True, sample=sample[:1])
+            self.batch = many_forwards_batch(self.fast, sample[:1].contiguous(
+                memory_format=torch.channels_last), batch_size)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # the copy is the model itself when it could not be copied: eval mode for the call
+        state = (preserved_state(self.net, eval_mode=True) if self.fast is self.net
+                 else contextlib.nullcontext())
+        with state, torch.inference_mode():
+            logits = self.fast(images.contiguous(memory_format=torch.channels_last))
+        return logits.float().softmax(1).gather(1, targets[:, None])[:, 0]
+
+
+Model = LoadedModel | nn.Module | Scorer
+
+
+def _scorer(model: Model, images: torch.Tensor, batch_size: int) -> Scorer:
+    return model if isinstance(model, Scorer) else Scorer(model, images, batch_size)
 
 
 def baseline_images(images: torch.Tensor, baseline: str | float | torch.Tensor = "constant",
@@ -142,7 +164,7 @@ def _curve_scores(score, images, start, end, ranks, counts, targets, batch_size,
     return scores.view(n, steps)
 
 
-def perturbation_curve(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch.Tensor,
+def perturbation_curve(model: Model, images: torch.Tensor, maps: torch.Tensor,
                        targets, mode: str = "deletion", steps: int = 24,
                        baseline: str | float | torch.Tensor | None = None,
                        batch_size: int = 64, progress: bool = False) -> Curve:
@@ -156,7 +178,8 @@ def perturbation_curve(model: LoadedModel | nn.Module, images: torch.Tensor, map
     (deletion) or fully-baseline (insertion) image. Ties in the map go in reading order.
 
     Args:
-        model: the classifier (:class:`~vistool.zoo.LoadedModel` or ``nn.Module``).
+        model: the classifier (:class:`~vistool.zoo.LoadedModel` or ``nn.Module``), or a
+            :class:`Scorer` of it.
         images: the preprocessed batch (N, C, H, W) on the model's device.
         maps: (N, H, W) importance of each pixel (higher = more important).
         targets: the class per image (int or (N,)).
@@ -164,7 +187,7 @@ def perturbation_curve(model: LoadedModel | nn.Module, images: torch.Tensor, map
         steps: the number of perturbation steps.
         baseline: :func:`baseline_images`' choices; default as RISE: ``constant`` 0 for
             deletion, ``blur`` for insertion.
-        batch_size: perturbed images per forward pass.
+        batch_size: perturbed images per forward pass (a given :class:`Scorer` has its own).
         progress: show a progress bar.
     """
     if mode not in ("deletion", "insertion"):
@@ -177,14 +200,13 @@ def perturbation_curve(model: LoadedModel | nn.Module, images: torch.Tensor, map
     counts = torch.round(fractions * pixels).long()
     ranks = removal_ranks(maps.to(images.device))
     start, end = (images, base) if mode == "deletion" else (base, images)
-    with scorer(model, images, batch_size) as (score, batch):
-        index = _targets(images, targets)
-        scores = _curve_scores(score, images, start, end, ranks, counts, index, batch,
-                               mode, progress)
+    score = _scorer(model, images, batch_size)
+    scores = _curve_scores(score, images, start, end, ranks, counts, _targets(images, targets),
+                           score.batch, mode, progress)
     return Curve(fractions=fractions, scores=scores, auc=_trapezoid(scores, fractions), mode=mode)
 
 
-def confidence_change(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch.Tensor,
+def confidence_change(model: Model, images: torch.Tensor, maps: torch.Tensor,
                       targets, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Average drop and increase in confidence (Grad-CAM++), per image: with ``Y`` the
     target's probability on the image and ``O`` on the image multiplied by its map (in the
@@ -192,13 +214,10 @@ def confidence_change(model: LoadedModel | nn.Module, images: torch.Tensor, maps
     ``drop = max(0, Y - O) / Y`` (lower is better) and ``increase = 1 if O > Y else 0``
     (higher is better). ``maps`` should be in [0, 1]."""
     _check(images, maps)
-    with scorer(model, images, batch_size) as (score, batch):
-        index = _targets(images, targets)
-        y = torch.cat([score(images[i:i + batch], index[i:i + batch])
-                       for i in range(0, len(images), batch)])
-        masked = images * maps.to(images)[:, None]
-        o = torch.cat([score(masked[i:i + batch], index[i:i + batch])
-                       for i in range(0, len(images), batch)])
+    score, index = _scorer(model, images, batch_size), _targets(images, targets)
+    masked = images * maps.to(images)[:, None]
+    y, o = (torch.cat([score(x[i:i + score.batch], index[i:i + score.batch])
+                       for i in range(0, len(x), score.batch)]) for x in (images, masked))
     return (y - o).clamp(min=0) / y.clamp(min=1e-12), (o > y).float()
 
 
@@ -265,7 +284,7 @@ def _solve(images: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Ten
     return torch.where(removed, x, images)
 
 
-def road_curve(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch.Tensor,
+def road_curve(model: Model, images: torch.Tensor, maps: torch.Tensor,
                targets, order: str = "morf", percentages=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
                                                           0.8, 0.9),
                noise: float = 0.01, seed: int = 0, batch_size: int = 64,
@@ -288,9 +307,9 @@ def road_curve(model: LoadedModel | nn.Module, images: torch.Tensor, maps: torch
     def fill(batch, removed, pairs):
         return impute(batch, removed, jitter[pairs // counts.numel()])
 
-    with scorer(model, images, batch_size) as (score, batch):
-        index = _targets(images, targets)
-        scores = _curve_scores(score, images, images, images, ranks, counts, index,
-                               batch, f"road-{order}", progress, fill)
+    score = _scorer(model, images, batch_size)
+    scores = _curve_scores(score, images, images, images, ranks, counts,
+                           _targets(images, targets), score.batch, f"road-{order}", progress,
+                           fill)
     return Curve(fractions=fractions, scores=scores, auc=_trapezoid(scores, fractions),
                  mode=f"road-{order}")

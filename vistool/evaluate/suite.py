@@ -120,10 +120,11 @@ def _localisation(name, maps, masks, boxes, tolerance) -> torch.Tensor:
     return loc.iou(maps, masks)
 
 
-def _measure(ev: Evaluation, method, model, images, maps, targets, metrics, masks, boxes,
+def _measure(ev: Evaluation, method, score, images, maps, targets, metrics, masks, boxes,
              options) -> None:
+    """Every metric of one method's maps; ``score`` (a :class:`faith.Scorer`) runs the model
+    for all faithfulness metrics."""
     values, curves = ev.values.setdefault(method, {}), ev.curves.setdefault(method, {})
-    common = {"batch_size": options["batch_size"], "progress": options["progress"]}
     for name in metrics:
         if name in LOCALISATION:
             values[name] = _localisation(name, maps, masks.to(maps.device),
@@ -132,17 +133,18 @@ def _measure(ev: Evaluation, method, model, images, maps, targets, metrics, mask
             values[name] = loc.sparseness(maps)
         elif name in ("deletion_auc", "insertion_auc"):
             mode = name.split("_")[0]
-            curves[mode] = faith.perturbation_curve(model, images, maps, targets, mode,
+            curves[mode] = faith.perturbation_curve(score, images, maps, targets, mode,
                                                     options["steps"], options["baseline"],
-                                                    **common)
+                                                    progress=options["progress"])
             values[name] = curves[mode].auc
         elif name in ("average_drop", "increase_in_confidence") and name not in values:
             values["average_drop"], values["increase_in_confidence"] = faith.confidence_change(
-                model, images, maps, targets, options["batch_size"])
+                score, images, maps, targets)
         elif name.startswith("road_"):
             order = name.split("_")[1]
-            curves[f"road-{order}"] = faith.road_curve(model, images, maps, targets, order,
-                                                       seed=options["seed"], **common)
+            curves[f"road-{order}"] = faith.road_curve(score, images, maps, targets, order,
+                                                       seed=options["seed"],
+                                                       progress=options["progress"])
             values[name] = curves[f"road-{order}"].auc
     ev.values[method] = {name: values[name] for name in metrics}
 
@@ -200,13 +202,15 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
         layer = model.default_layer  # also for the sanity check's copies, plain modules
     if tolerance is None:
         tolerance = loc.default_tolerance(tuple(images.shape[2:]))
-    options = {"steps": steps, "baseline": baseline, "tolerance": tolerance,
-               "batch_size": batch_size, "seed": seed, "progress": progress}
+    options = {"steps": steps, "baseline": baseline, "tolerance": tolerance, "seed": seed,
+               "progress": progress}
     ev = Evaluation()
+    needs_model = set(metrics) - {*LOCALISATION, "sparseness"}
+    score = faith.Scorer(model, images, batch_size) if needs_model else None  # one copy
     for method in methods:
         maps = explanation_maps(model, images, method, targets, layer, seed)
         ev.maps[method] = maps
-        _measure(ev, method, model, images, maps, targets, metrics, masks, boxes, options)
+        _measure(ev, method, score, images, maps, targets, metrics, masks, boxes, options)
         if sanity and method != "random":
             ev.sanity[method] = randomisation_check(
                 model, images, targets, _explainer(method, layer, seed), seed=seed,
