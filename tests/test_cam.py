@@ -310,3 +310,39 @@ def test_gradient_methods_cost_one_forward_and_the_closed_form_no_backward(monke
             assert (len(forwards), len(backwards)) == (1, 0)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize(("method", "layer", "closed"), [
+    ("gradcam", "layer4", True), ("gradcam++", "layer3", False), ("eigencam", "layer3", False),
+    ("cam", "layer4", True)])
+def test_fast_copy_explains_like_the_model(monkeypatch, method, layer, closed):
+    from vistool.explainers import cam
+    from vistool.explainers.inference import _Kept, _OneDnnConv
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=6).eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(10))
+    fast = cam.fast_copy(model, method, [layer], x)
+    assert isinstance(fast.get_submodule(layer), _Kept)
+    # forward-only explanations run oneDNN-fused convolutions; autograd needs plain ones
+    forward_only = closed or method == "eigencam"
+    assert any(isinstance(m, _OneDnnConv) for m in fast.modules()) == forward_only
+    probes = []
+    monkeypatch.setattr(cam, "_probe_linear_head", lambda *a: probes.append(a))
+    ours = explain(fast, x, method, layer=layer, topk=2)
+    assert not probes  # the copy's head is known from the model's
+    theirs = explain(model, x, method, layer=layer, topk=2)
+    assert ours.closed_form == theirs.closed_form == closed
+    assert torch.equal(ours.targets, theirs.targets)
+    torch.testing.assert_close(ours.raw[layer], theirs.raw[layer], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=1e-4, atol=1e-5)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_fast_copy_leaves_score_and_ablation_cam_to_their_own_copies():
+    from vistool.explainers.cam import fast_copy
+
+    model = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    assert fast_copy(model, "scorecam", ["layer4"], x) is model
+    assert fast_copy(model, "ablationcam", ["layer4"], x) is model

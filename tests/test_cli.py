@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -123,6 +124,17 @@ def test_bad_options_fail_cleanly(capsys, tmp_path, shapes_ckpt, images, extra, 
     _assert_one_line_error(status, err, *fragments)
     assert not out_dir.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_colormaps_accepted_without_matplotlib_are_matplotlib_colormaps():
+    from matplotlib import colormaps
+
+    from vistool.cli.options import _BUILTIN_COLORMAPS, colormap
+
+    assert all(name in colormaps and colormap(name) == name for name in _BUILTIN_COLORMAPS)
+    assert colormap("twilight") == "twilight"  # any other matplotlib colormap too
+    with pytest.raises(argparse.ArgumentTypeError, match=r"unknown colormap 'viridiss'.*viridis"):
+        colormap("viridiss")
 
 
 def test_bad_images_fail_before_writing(capsys, tmp_path, shapes_ckpt, images):

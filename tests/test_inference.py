@@ -125,3 +125,36 @@ def test_many_forwards_batch_keeps_activations_under_32_mib():
     assert many_forwards_batch(net, torch.zeros(1, 3, 2048, 2048), 16) == 1
     assert many_forwards_batch(net, big.to("meta"), 16) == 16  # not CPU: as asked
     assert all(not m._forward_hooks for m in net.modules())
+
+
+@needs_onednn
+def test_kept_layers_record_what_they_record_on_the_original():
+    from vistool.core.hooks import record
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    keep = ["layer4", "layer1.0.conv1"]  # a block, and a convolution followed by batch norm
+    fast = inference_copy(model, fuse=True, sample=x[:1], keep=keep)
+    assert all(isinstance(fast.get_submodule(name), inference._Kept) for name in keep)
+    # every convolution is rewritten but the kept one, whose batch norm is not folded into it
+    kept_conv = fast.get_submodule("layer1.0.conv1").inner
+    assert len(rewritten(fast)) == 19 and not rewritten(kept_conv)
+    with torch.no_grad(), record(model, keep) as ours, record(fast, keep) as theirs:
+        expected, got = model(x), fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for name in keep:
+        torch.testing.assert_close(theirs[name], ours[name], rtol=1e-4, atol=1e-4)
+    assert type(model.layer4) is nn.Sequential and not model.layer4._forward_hooks
+
+
+def test_nested_kept_layers_get_a_plain_copy():
+    from vistool.core.hooks import record
+
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    fast = inference_copy(model, fuse=True, sample=x, keep=["layer4", "layer4.1"])
+    assert type(fast) is torchvision.models.ResNet and fast is not model
+    with torch.no_grad(), record(fast, ["layer4", "layer4.1"]) as rec:
+        fast(x)
+    assert "layer4" in rec and "layer4.1" in rec

@@ -79,8 +79,16 @@ def channel_list(text: str) -> list[int]:
     return out
 
 
+# Colormaps every matplotlib has: accepted without importing it (half a second), which a run
+# that writes no pictures (--no-images) never needs.
+_BUILTIN_COLORMAPS = frozenset(("jet", "viridis", "plasma", "inferno", "magma", "cividis",
+                                "turbo", "gray", "hot"))
+
+
 def colormap(text: str) -> str:
     """An argparse type: a matplotlib colormap name."""
+    if text in _BUILTIN_COLORMAPS:
+        return text
     from matplotlib import colormaps
 
     if text not in colormaps:

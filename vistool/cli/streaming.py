@@ -134,6 +134,7 @@ def _stream(args, loaded, sources, todo, process, layers, target, out: Path, ran
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    from ..core.memory import HeapTrimmer
     from ..data.sources import ImageStream, collate
     from ..outputs import append_rows
 
@@ -143,6 +144,7 @@ def _stream(args, loaded, sources, todo, process, layers, target, out: Path, ran
     part = out / _PART.format(rank)
     bar = tqdm(total=len(todo), desc=args.command, unit="img", file=sys.stderr,
                disable=rank != 0 or getattr(args, "json", False) or not sys.stderr.isatty())
+    trimmer = HeapTrimmer()  # memory flat however many images
     for positions, batch, errors in loader:
         rows = [{"path": sources[todo[p]].key, "status": "error", "error": e}
                 for p, e in errors.items()]
@@ -152,6 +154,7 @@ def _stream(args, loaded, sources, todo, process, layers, target, out: Path, ran
                             target, out)
         append_rows(part, rows, fields)
         bar.update(len(positions) + len(errors))
+        trimmer()
     bar.close()
 
 

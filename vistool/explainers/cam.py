@@ -14,6 +14,7 @@ Every method reduces to a layer-resolution map computed from the layer's activat
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "CamResult",
     "ConstantMapWarning",
     "explain",
+    "fast_copy",
     "linear_head",
 ]
 
@@ -122,8 +124,12 @@ def linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear
     random values (negative ones included, so a ReLU or any non-linearity in between is
     caught) and checks that the model's output is that linear map of their spatial mean.
     """
-    key = ("head", layer, tuple(sample.shape[1:]), sample.dtype, str(sample.device))
-    return _cached(model, key, lambda: _probe_linear_head(model, layer, sample[:1]))
+    return _cached(model, _head_key(layer, sample),
+                   lambda: _probe_linear_head(model, layer, sample[:1]))
+
+
+def _head_key(layer: str, sample: torch.Tensor) -> tuple:
+    return ("head", layer, tuple(sample.shape[1:]), sample.dtype, str(sample.device))
 
 
 def _probe_linear_head(model: nn.Module, layer: str, sample: torch.Tensor) -> nn.Linear | None:
@@ -537,3 +543,30 @@ def explain(
                        progress=progress)
         raw = _MAPS[method](ctx)
     return _result(ctx, raw, topk)
+
+
+def fast_copy(model: LoadedModel | nn.Module, method: str, layers: Sequence[str],
+              sample: torch.Tensor) -> nn.Module:
+    """A private copy of ``model`` that :func:`explain` explains like the model (equal up to
+    float rounding) but faster, for runs over many batches like ``sample``: batch norm
+    folded, channels-last and, where no backward pass runs (``cam``, ``eigencam`` and the
+    gradient methods on a layer with the closed form), oneDNN-fused convolutions
+    (:func:`~vistool.explainers.inference.inference_copy`, keeping ``layers``). Building it
+    costs a few forward passes of one image. Score-CAM and Ablation-CAM make such copies
+    themselves: they get the model itself.
+    """
+    net = model.model if isinstance(model, LoadedModel) else model
+    if method in ("scorecam", "ablationcam"):
+        return net
+    with preserved_state(net, eval_mode=True, frozen=True), torch.no_grad():
+        heads = {name: linear_head(net, name, sample) for name in layers} if (
+            method in ("cam", *GRADIENT_METHODS)) else {}
+        forward_only = method == "eigencam" or (bool(heads) and None not in heads.values())
+        fast = inference_copy(net, fuse=True, sample=sample[:1] if forward_only else None,
+                              keep=list(layers))
+    names = {module: name for name, module in net.named_modules()}
+    for layer, head in heads.items():  # the copy has the same head: no probe of its own
+        with contextlib.suppress(AttributeError):
+            copied = None if head is None else fast.get_submodule(names[head])
+            _cached(fast, _head_key(layer, sample), lambda h=copied: h)
+    return fast

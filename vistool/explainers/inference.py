@@ -11,6 +11,11 @@ Ablation-CAM): the caller's model is never modified.
   the compile time). The rewritten copy is checked against the unrewritten one on ``sample``
   and dropped when they differ.
 
+With ``keep``, the named layers stay modules of the copy under their own names, each one a
+fast copy of its own: hooks on them (``vistool.hooks.record``) see the outputs they see on
+the original, so a run over many batches can explain the copy instead (``vistool gradcam``
+over a folder does).
+
 Models that ``torch.fx`` cannot trace get only the channels-last copy.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import operator
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +41,8 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
 
-def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = None) -> nn.Module:
+def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = None,
+                   keep: Sequence[str] = ()) -> nn.Module:
     """A private copy of ``net`` for many forward passes (see the module docstring).
 
     Args:
@@ -44,13 +51,19 @@ def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = Non
             with their ReLU and residual addition. Only for models run in eval mode.
         sample: an input batch (one image is enough) to pack the weights for and to check
             the rewrite on; enables the oneDNN rewrite on float32 CPU models.
+        keep: layer names whose outputs must stay observable: nothing around them is fused
+            into them and they keep their names (not nested in one another). The rewritten
+            convolutions have no gradient: explain with autograd through a copy made
+            without ``sample``.
     """
     fast = None
     if fuse:
         from torch.fx.experimental.optimization import fuse as fx_fuse
 
         with contextlib.suppress(Exception):
-            fast = fx_fuse(net)
+            fused = fx_fuse(_traced(net, keep), no_trace=True)
+            _speed_up_kept(fused, net, keep, sample)
+            fast = fused
     if fast is None:
         try:
             fast = copy.deepcopy(net)
@@ -61,8 +74,71 @@ def inference_copy(net: nn.Module, fuse: bool, sample: torch.Tensor | None = Non
         with contextlib.suppress(Exception):
             if _onednn_rewrite(fast, sample.contiguous(memory_format=torch.channels_last)):
                 return fast
-        return inference_copy(net, fuse)  # the rewrite failed: start again without it
+        return inference_copy(net, fuse, keep=keep)  # the rewrite failed: start again
     return fast
+
+
+class _Kept(nn.Module):
+    """A layer kept in an inference copy: a module of its own (no neighbour is fused into
+    it), computing with a fast copy of the layer."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def _traced(net: nn.Module, keep: Sequence[str]) -> nn.Module:
+    """``net`` traced by ``torch.fx`` with each ``keep`` layer left as a :class:`_Kept`
+    module (sharing the layer: :func:`torch.fx.experimental.optimization.fuse` copies it);
+    ``net`` itself without ``keep``."""
+    if not keep:
+        return net
+    if any(a.startswith(b + ".") for a in keep for b in keep):
+        raise ValueError(f"kept layers nest in one another: {list(keep)}")
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return name in keep or super().is_leaf_module(module, name)
+
+    traced = fx.GraphModule(net, Tracer().trace(net))
+    for name in keep:
+        parent, _, child = name.rpartition(".")
+        setattr(traced.get_submodule(parent), child, _Kept(net.get_submodule(name)))
+    return traced
+
+
+def _speed_up_kept(fast: nn.Module, net: nn.Module, keep: Sequence[str],
+                   sample: torch.Tensor | None) -> None:
+    """Replace each kept layer of ``fast`` by a fast copy of its own (packed for its input
+    on ``sample``)."""
+    inputs = _layer_inputs(net, keep, sample) if keep and sample is not None else {}
+    for name in keep:
+        kept = fast.get_submodule(name)
+        kept.inner = inference_copy(kept.inner, fuse=True, sample=inputs.get(name))
+
+
+def _layer_inputs(net: nn.Module, names: Sequence[str], sample: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+    """The first tensor input of each layer ``names`` on ``sample`` (of its first call)."""
+    found: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def capture(_module, args):
+            if args and isinstance(args[0], torch.Tensor):
+                found.setdefault(name, args[0])
+        return capture
+
+    handles = [net.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            net(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
 
 
 def many_forwards_batch(net: nn.Module, sample: torch.Tensor, batch_size: int) -> int:
