@@ -24,7 +24,16 @@ from vistool.explainers.stats import map_statistics
 NET = """import time
 
 import torch
+import torch.fx
 from torch import nn
+
+
+def pause(x, seconds):
+    time.sleep(seconds)  # lets a test kill a run in the middle
+    return x
+
+
+torch.fx.wrap("pause")  # a call in the traced copy of the model that a folder run explains
 
 
 class Net(nn.Module):
@@ -37,8 +46,7 @@ class Net(nn.Module):
         self.delay = float(__import__("os").environ.get("NET_DELAY", "0"))
 
     def forward(self, x):
-        time.sleep(self.delay)  # lets a test kill a run in the middle
-        return self.head(self.features(x))
+        return self.head(self.features(pause(x, self.delay)))
 
 
 def make():
@@ -93,6 +101,20 @@ def test_a_folder_run_indexes_every_image_and_skips_unreadable_ones(folder, tmp_
     assert info["images"] == 200 and info["errors"] == len(bad)
     status = main([*argv(root, tmp_path / "strict"), "--strict"])
     assert status == 2 and "10 image(s) could not be read (--strict)" in capsys.readouterr().err
+
+
+def test_memory_budget_picks_the_batch_size(folder, tmp_path, capsys):
+    root, _ = folder
+    out = tmp_path / "budget"
+    assert main([*argv(root, out), "--memory-budget", "1", "--no-images"]) == 0
+    # one 24x24 image: conv 8x24x24, relu, pool 8x12x12, conv, relu, 8, 8, 3 floats
+    per_image = 4 * (2 * 8 * 24 * 24 + 3 * 8 * 12 * 12 + 8 + 8 + 3)
+    info = json.loads((out / "manifest.json").read_text())
+    assert info["options"]["batch_size"] == 2**20 // per_image == 20
+    assert len(index(out)) == 200
+    assert main([*argv(root, tmp_path / "default"), "--no-images"]) == 0
+    assert json.loads((tmp_path / "default" / "manifest.json").read_text())[
+        "options"]["batch_size"] == 8  # --batch-size's default
 
 
 def test_killed_run_resumes_with_each_image_once_and_the_same_maps(folder, tmp_path):

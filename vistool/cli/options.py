@@ -133,10 +133,15 @@ IMAGES_HELP = ("image files; or, streamed with one index.csv row per image, fold
 
 
 def add_many_options(parser: argparse.ArgumentParser) -> None:
-    """``--workers --no-images --strict --overwrite`` of folder, list and dataset runs."""
+    """``--workers --memory-budget --no-images --strict --overwrite`` of folder, list and
+    dataset runs."""
     many = parser.add_argument_group("folder, list and dataset runs")
     many.add_argument("--workers", type=int, default=2,
                       help="DataLoader processes that read images (default: %(default)s)")
+    many.add_argument("--memory-budget", type=positive_int, metavar="MIB",
+                      help="pick the batch size: the largest whose activations fit in MIB "
+                           "mebibytes (the sum of every layer's output, measured on the "
+                           "first image; replaces --batch-size)")
     many.add_argument("--no-images", action="store_true",
                       help="only index.csv: no image or array files per image")
     many.add_argument("--strict", action="store_true",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ..core.errors import VistoolError
-from .options import load, predictions, slug
+from .options import load, predictions, slug, status
 
 BASE = ["path", "status", "error"]
 #: The index columns of gradcam and attribute runs.
@@ -128,9 +128,29 @@ def file_stem(key: str) -> str:
     return f"{slug(Path(key).stem)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
+def _batch_size(args, loaded, stream) -> int:
+    """``--batch-size``, or with ``--memory-budget`` the largest batch whose activations fit
+    in it (measured on the first readable image of ``stream``)."""
+    from ..explainers.inference import budget_batch
+
+    budget = getattr(args, "memory_budget", None)
+    if budget is None:
+        return args.batch_size
+    sample = next((item[1] for item in (stream[i] for i in range(len(stream)))
+                   if item[1] is not None), None)
+    if sample is None:  # nothing readable: every image is an error row
+        return args.batch_size
+    batch, per_image = budget_batch(loaded.model, sample[None].to(loaded.device),
+                                    budget * 2**20)
+    status(f"batch size {batch}: {per_image / 2**20:.1f} MiB of activations per image, "
+           f"--memory-budget {budget} MiB")
+    return batch
+
+
 def _stream(args, loaded, sources, todo, process, layers, target, out: Path, rank: int,
-            fields: list[str]):
-    """Process ``todo`` (positions in ``sources``), appending rows to this process's part."""
+            fields: list[str]) -> int:
+    """Process ``todo`` (positions in ``sources``), appending rows to this process's part;
+    returns the batch size."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -138,8 +158,9 @@ def _stream(args, loaded, sources, todo, process, layers, target, out: Path, ran
     from ..data.sources import ImageStream, collate
     from ..outputs import append_rows
 
-    loader = DataLoader(ImageStream([sources[i] for i in todo], loaded.transform),
-                        batch_size=args.batch_size, num_workers=args.workers,
+    stream = ImageStream([sources[i] for i in todo], loaded.transform)
+    batch_size = _batch_size(args, loaded, stream)
+    loader = DataLoader(stream, batch_size=batch_size, num_workers=args.workers,
                         collate_fn=collate, pin_memory=loaded.device.type == "cuda")
     part = out / _PART.format(rank)
     bar = tqdm(total=len(todo), desc=args.command, unit="img", file=sys.stderr,
@@ -156,6 +177,7 @@ def _stream(args, loaded, sources, todo, process, layers, target, out: Path, ran
         bar.update(len(positions) + len(errors))
         trimmer()
     bar.close()
+    return batch_size
 
 
 def _finish(args, out: Path, sources, options, seconds: float, world: int, loaded,
@@ -207,7 +229,8 @@ def run(args: argparse.Namespace, process, fields: list[str], options: dict,
     todo = [i for i, s in enumerate(sources) if s.key not in done][rank::world]
     start = time.perf_counter()
     try:
-        _stream(args, loaded, sources, todo, process, layers, target, out, rank, fields)
+        batch_size = _stream(args, loaded, sources, todo, process, layers, target, out, rank,
+                             fields)
     except VistoolError:  # a mistake the first batch shows (--channels ...): leave nothing
         if created and world == 1 and not (out / _PART.format(0)).exists():
             shutil.rmtree(out, ignore_errors=True)
@@ -221,8 +244,8 @@ def run(args: argparse.Namespace, process, fields: list[str], options: dict,
     if rank != 0:
         return 0
     info = _finish(args, out, sources, {**options, "layer": layers, "target": given,
-                                        "model": args.model}, seconds, world, loaded, seed,
-                   fields)
+                                        "model": args.model, "batch_size": batch_size},
+                   seconds, world, loaded, seed, fields)
     rate = len(todo) * world / seconds if seconds > 0 else 0.0
     print(f"{info['images']} images in {out}/index.csv: {info['images'] - info['errors']} "
           f"done, {info['errors']} unreadable; {len(done)} were done before, "

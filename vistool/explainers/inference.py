@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["inference_copy", "many_forwards_batch"]
+__all__ = ["activation_bytes", "budget_batch", "inference_copy", "many_forwards_batch"]
 
 # glibc's largest mmap threshold: an allocation above it gets freshly mapped pages, so every
 # forward pass that makes such a tensor pays a page fault per 4 KiB (measured on resnet18 at
@@ -147,21 +147,38 @@ def many_forwards_batch(net: nn.Module, sample: torch.Tensor, batch_size: int) -
     single-image forward pass measures them)."""
     if sample.device.type != "cpu":
         return batch_size
-    largest = 1
+    largest, _ = activation_bytes(net, sample)
+    return max(1, min(batch_size, _FRESH_PAGES_ABOVE // largest))
+
+
+def budget_batch(net: nn.Module, sample: torch.Tensor, budget: int) -> tuple[int, int]:
+    """The largest batch whose activations fit in ``budget`` bytes (at least 1), and the
+    bytes per image: the sum of every layer's output for one image like ``sample`` (about
+    what a forward pass recording autograd keeps; more than one that does not)."""
+    _, total = activation_bytes(net, sample)
+    return max(1, budget // max(total, 1)), total
+
+
+def activation_bytes(net: nn.Module, sample: torch.Tensor) -> tuple[int, int]:
+    """The largest and the summed size in bytes of the tensors the layers (modules without
+    submodules) of ``net`` output on the first image of ``sample`` (one forward pass)."""
+    largest, total = 1, 0
 
     def measure(_module, _inputs, output):
-        nonlocal largest
+        nonlocal largest, total
         if isinstance(output, torch.Tensor):
-            largest = max(largest, output.numel() * output.element_size())
+            size = output.numel() * output.element_size()
+            largest, total = max(largest, size), total + size
 
-    handles = [module.register_forward_hook(measure) for module in net.modules()]
+    handles = [module.register_forward_hook(measure) for module in net.modules()
+               if next(module.children(), None) is None]
     try:
         with torch.inference_mode():
             net(sample[:1])
     finally:
         for handle in handles:
             handle.remove()
-    return max(1, min(batch_size, _FRESH_PAGES_ABOVE // largest))
+    return largest, total
 
 
 def _onednn_usable(sample: torch.Tensor) -> bool:
