@@ -20,13 +20,18 @@ def test_trims_when_memory_grows_past_the_margin_over_the_settled_level():
     assert trims == [5, 6] and trimmer.trims == 2 and trimmer.level == 100
 
 
-def test_does_nothing_where_it_cannot_measure_or_trim():
+def test_does_nothing_where_it_cannot_measure_or_trim(monkeypatch):
+    from vistool.core import memory
+
     calls = []
-    HeapTrimmer(measure=lambda: None, trim=lambda: calls.append(1))()
     unmeasured = HeapTrimmer(settle=1, measure=lambda: None, trim=lambda: calls.append(1))
+    monkeypatch.setattr(memory, "_glibc_trim", lambda: None)  # another C library
+    levels = iter([100, 200, 300])
+    untrimmable = HeapTrimmer(settle=1, measure=lambda: calls.append(next(levels)))
     for _ in range(3):
         unmeasured()
-    assert not calls and unmeasured.level is None
+        untrimmable()
+    assert not calls and unmeasured.level is None and untrimmable.trims == 0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -32,17 +32,15 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.sources import is_collection
 
-    copies = {}  # a run over many images explains a fast copy of the model, built once
+    many = is_collection(args.images)
+    fast = {}  # a run over many images explains a fast copy of the model, built once
 
     def compute(loaded, batch, layers, target):
         from ..explainers.cam import explain, fast_copy
 
-        net = loaded
-        if is_collection(args.images):
-            if not copies:
-                copies["net"] = fast_copy(loaded, args.method, layers, batch)
-            net = copies["net"]
-        result = explain(net, batch, args.method, targets=target,
+        if many and not fast:
+            fast["net"] = fast_copy(loaded, args.method, layers, batch)
+        result = explain(fast.get("net", loaded), batch, args.method, targets=target,
                          layer=layers if len(layers) > 1 else layers[0],
                          topk=args.topk, channels=args.channels, progress=not args.json,
                          layout=args.layout)

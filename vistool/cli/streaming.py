@@ -136,8 +136,8 @@ def _batch_size(args, loaded, stream) -> int:
     budget = getattr(args, "memory_budget", None)
     if budget is None:
         return args.batch_size
-    sample = next((item[1] for item in (stream[i] for i in range(len(stream)))
-                   if item[1] is not None), None)
+    sample = next((image for _, image, _ in map(stream.__getitem__, range(len(stream)))
+                   if image is not None), None)
     if sample is None:  # nothing readable: every image is an error row
         return args.batch_size
     batch, per_image = budget_batch(loaded.model, sample[None].to(loaded.device),
