@@ -7,19 +7,27 @@ that ``make demo`` or ``vistool train shapes-cnn`` wrote; without one the page w
 weights are random). ``--checkpoint F`` alone opens that trainers checkpoint; with ``--model``
 it gives that model's weights. The tabs live in ``dashboard/tabs/``; every computation is a
 call into the ``vistool`` library (see ``dashboard/common.py`` for the caching).
+
+Served, it is careful (``dashboard/security.py``): with ``VISTOOL_DASHBOARD_TOKEN`` set (``vistool
+dashboard`` sets a random one) the page shows only a token prompt, loads no model and reads no
+file until the tab has shown the token; ``file.py:factory`` typed into the page is refused unless
+``VISTOOL_DASHBOARD_ALLOW_CODE=1``; typed paths must lie in ``./runs``, the vistool cache or a
+folder of ``VISTOOL_DASHBOARD_ALLOW_PATHS``; the model and checkpoint the server was started with
+are always allowed. Streamlit's Deploy button is hidden (``client.toolbarMode`` minimal unless
+configured otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import streamlit as st
+from streamlit import config as st_config
 
 import vistool
-from dashboard import common
+from dashboard import common, security
 from dashboard.tabs import CLASSIFIER_TABS, GENERATIVE_TABS
 
 DEFAULT_MODEL = "shapes_cnn"
@@ -54,9 +62,14 @@ def script_arguments() -> list[str]:
     return sys.argv[1:] if running_this else []
 
 
+def _catalogue() -> list[tuple[str, str]]:
+    """The sidebar's model list: checkpoints inside the allowed folders, then model names."""
+    return common.catalogue(tuple(str(root) for root in security.allowed_roots()))
+
+
 def _picked() -> None:
     """The catalogue's choice becomes the model (and its default weights)."""
-    spec = dict(common.catalogue()).get(st.session_state.get("model_pick"))
+    spec = dict(_catalogue()).get(st.session_state.get("model_pick"))
     if spec:
         st.session_state["model"] = spec
         st.session_state["weights"] = "default"
@@ -67,10 +80,7 @@ def _uploaded_checkpoint() -> None:
     upload = st.session_state.get("checkpoint_upload")
     if upload is None:
         return
-    folder = st.session_state.setdefault("upload_dir", tempfile.mkdtemp(prefix="vistool-"))
-    path = Path(folder) / Path(upload.name).name
-    path.write_bytes(upload.getvalue())
-    st.session_state["model"] = str(path)
+    st.session_state["model"] = str(common.save_uploaded_checkpoint(upload))
     st.session_state["weights"] = "default"
 
 
@@ -78,7 +88,7 @@ def sidebar(model: str, weights: str) -> tuple[str, str, str, object]:
     """Model (catalogue, typed or uploaded), weights, device and image; returns the model
     spec, weights, device and the image source."""
     with st.sidebar:
-        labels = [label for label, _ in common.catalogue()]
+        labels = [label for label, _ in _catalogue()]
         st.selectbox("Pick a model", labels, index=None, key="model_pick", on_change=_picked,
                      placeholder="trained checkpoints, book and torchvision models")
         spec = st.text_input("Model", value=model, key="model",
@@ -119,18 +129,32 @@ def predictions(session: common.Session) -> None:
                     "probability": [round(float(probs[i]), 4) for i in order]})
 
 
+def hide_deploy_button() -> None:
+    """No Deploy button (nor other developer options) unless the operator configured the
+    toolbar: ``vistool dashboard`` passes ``--client.toolbarMode minimal``; under a bare
+    ``streamlit run`` the option is set here and the page reruns once to show it."""
+    if not st_config.is_manually_set("client.toolbarMode"):
+        st.set_option("client.toolbarMode", "minimal")
+        st.rerun()
+
+
 def main() -> None:
     st.set_page_config(page_title="vistool", layout="wide")
+    hide_deploy_button()
     st.title("vistool")
+    if not security.admitted():  # before anything reads a file or loads a model
+        return
     model, weights, unknown = preset(script_arguments())
     if unknown:
         st.warning(f"ignored dashboard arguments {' '.join(unknown)!r}; it takes --model M "
                    "and --checkpoint F")
     try:
-        spec, weights, device, image = sidebar(model, weights)
-        session = common.session_of(spec, weights, device, image)
+        spec, chosen, device, image = sidebar(model, weights)
+        security.check_model(spec, operator=model)
+        security.check_weights(chosen, operator=weights)
+        session = common.session_of(spec, chosen, device, image)
     except vistool.VistoolError as exc:
-        st.error(str(exc))
+        st.error(common.page_message(exc))
         return
     show_model(session)
     tabs = CLASSIFIER_TABS

@@ -21,12 +21,25 @@ import torch
 from PIL import Image
 
 import vistool
+from dashboard.security import inside, remember_upload
 from vistool.core.cache import checkpoint_catalogue, trained_checkpoints
-from vistool.core.errors import RandomWeightsWarning, VistoolError, VistoolWarning
+from vistool.core.errors import RandomWeightsWarning, VistoolError, VistoolWarning, name_parameters
 from vistool.generative import model_kind
 
 SAMPLES = Path(__file__).with_name("samples")
 MAX_UPLOAD_MB = float(os.environ.get("VISTOOL_DASHBOARD_MAX_UPLOAD_MB", "20"))
+#: The widget where the page sets each library parameter that messages name; a value is
+#: shown after it (``the Octaves slider set to 4``). A parameter missing here has no widget:
+#: the message shows it as the Python parameter.
+WIDGETS = {
+    "spec": "the Model box", "weights": "the Weights box", "device": "the Device choice",
+    "layer": "the layer chosen in the Layers tab", "octaves": "the Octaves slider",
+    "steps": "the Steps slider", "size": "the Size slider", "styles": "the Style image upload",
+    "masks": "the Masks folder box", "dataset": "the Data box",
+}
+#: What a placeholder value (``weights=FILE``) means in the page.
+PLACEHOLDERS = {"weights": "a checkpoint file in the Weights box (or upload a checkpoint)",
+                "classes": "a checkpoint that names its classes"}
 
 
 @dataclass
@@ -68,17 +81,21 @@ def get_model(spec: str, weights: str, device: str, newest: str
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
         elif not (loaded.random_weights and issubclass(warning.category, RandomWeightsWarning)):
-            notices.append(str(warning.message))
+            notices.append(page_message(warning.message))
     return loaded, notices, threading.Lock()
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def catalogue() -> list[tuple[str, str]]:
-    """``(label, spec)`` of every model the sidebar offers: the trained checkpoints under
-    ``runs/`` and the vistool cache (with recipe and metrics), then the book models and the
-    torchvision classifiers."""
+def catalogue(roots: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(label, spec)`` of every model the sidebar offers: the trained checkpoints one folder
+    below the allowed ``roots`` (``runs/``, the vistool cache, the operator's allowed
+    folders; with recipe and metrics; none whose real path, symlinks followed, lies outside
+    them), then the book models and the torchvision classifiers."""
+    allowed = [Path(root) for root in roots]
     entries = []
-    for item in checkpoint_catalogue():
+    for item in checkpoint_catalogue(allowed):
+        if not inside(item["path"], allowed):
+            continue
         metrics = ", ".join(f"{k} {v:.3g}" for k, v in item["metrics"].items()
                             if isinstance(v, (int, float)) and k.startswith("val"))
         label = f"{item['path']} — {item['recipe'] or item['arch']}"
@@ -87,6 +104,21 @@ def catalogue() -> list[tuple[str, str]]:
     entries += [(f"{name} (book model)", name) for name in names["book"]]
     entries += [(f"{name} (torchvision)", name) for name in names["torchvision"]]
     return entries
+
+
+def widget_name(name: str, value: str | None) -> str | None:
+    """A library parameter as this page names it: its widget (and value), or None."""
+    if value is not None and value.isupper() and name in PLACEHOLDERS:
+        return PLACEHOLDERS[name]
+    widget = WIDGETS.get(name)
+    if widget is None:
+        return None
+    return widget if value is None else f"{widget} set to {value}"
+
+
+def page_message(message: object) -> str:
+    """A library error or warning as the page says it: its parameters named as widgets."""
+    return name_parameters(str(message), widget_name)
 
 
 def digest_of(data: bytes) -> str:
@@ -124,13 +156,30 @@ def check_upload(upload) -> bytes:
     return data
 
 
+def save_uploaded_checkpoint(upload) -> Path:
+    """An uploaded checkpoint saved under this session's own temporary folder (by its base
+    name only), which the page may then name as the model; loading it unpickles no code
+    (``vistool.core.checkpoint``)."""
+    import tempfile
+
+    if "upload_dir" not in st.session_state:
+        st.session_state["upload_dir"] = tempfile.mkdtemp(prefix="vistool-")
+    folder = st.session_state["upload_dir"]
+    name = Path(upload.name).name
+    path = Path(folder) / (name if name not in ("", ".", "..") else "upload")
+    path.write_bytes(upload.getvalue())
+    remember_upload(path)
+    return path
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
-    """Show a user's mistake as ``st.error`` with the CLI's one-line message."""
+    """Show a user's mistake as ``st.error`` with the library's one-line message, its
+    parameters named as this page's widgets."""
     try:
         yield
     except VistoolError as exc:
-        st.error(str(exc))
+        st.error(page_message(exc))
 
 
 def tab(render):

@@ -29,11 +29,16 @@ APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
-    """The app, with an empty vistool cache, no runs/ folder and no cached models."""
+    """The app, with an empty vistool cache, no runs/ folder and no cached models, without a
+    token and allowed to read the test's folder (tests/test_dashboard_security.py checks the
+    refusals)."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("VISTOOL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VISTOOL_DASHBOARD_TOKEN", raising=False)
+    monkeypatch.delenv("VISTOOL_DASHBOARD_ALLOW_CODE", raising=False)
+    monkeypatch.setenv("VISTOOL_DASHBOARD_ALLOW_PATHS", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     st.cache_resource.clear()
     st.cache_data.clear()
@@ -126,14 +131,18 @@ def test_long_work_tabs_run_with_progress_and_downloads(small):
     app.button(key="fv_run").click().run()
     assert _captions(app, 2)[:4] == ["channel 0", "its activation here", "channel 3",
                                      "its activation here"]
+    assert _progress(app, 2) == [(100, "rendering: 32/32")]  # the bar went to its end
     app.slider(key="dream_octaves").set_value(2)
     app.slider(key="dream_steps").set_value(2)
     app.button(key="dream_run").click().run()
     assert "deepdream · features" in _captions(app, 4)
+    assert _progress(app, 4) == [(100, "dreaming: 4/4")]  # 2 octaves of 2 steps
+    assert "step 4" in _captions(app, 4)  # the live preview's last image
     app.select_slider(key="style_size").set_value(128)
     app.slider(key="style_steps").set_value(10)
     app.button(key="style_run").click().run()
     assert "stylised" in _captions(app, 5)
+    assert _progress(app, 5) == [(100, "stylising: 10/10")]
     app.slider(key="eval_limit").set_value(4)
     app.multiselect(key="eval_methods").set_value(["gradcam", "random"])
     app.button(key="eval_run").click().run()
@@ -145,7 +154,22 @@ def test_long_work_tabs_run_with_progress_and_downloads(small):
     assert len(app.tabs[5].get("download_button")) == 1
 
 
-def test_a_trained_checkpoint_explains_its_own_image(app, trained_shapes):
+def _progress(app, tab: int) -> list[tuple[int, str]]:
+    """The tab's progress bars as (percent, text)."""
+    return [(bar.proto.value, bar.proto.text) for bar in app.tabs[tab].get("progress")]
+
+
+def _decoded(app) -> list[str]:
+    """The media URL of the Generative tab's picture decoded from the sliders (a digest of
+    its bytes)."""
+    return [img.proto.imgs[0].url for img in app.tabs[1].get("image")
+            if img.proto.imgs[0].caption == "decoded from the sliders' code"]
+
+
+def test_a_trained_checkpoint_explains_its_own_image(app, trained_shapes, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.setenv("VISTOOL_DASHBOARD_ALLOW_PATHS",
+                       os.pathsep.join([str(tmp_path), str(trained_shapes[0].parent)]))
     app.run()
     app.text_input(key="model").input(str(trained_shapes[0])).run()
     app.selectbox(key="source").select("shapes").run()
@@ -173,8 +197,13 @@ def test_the_generative_tab_for_a_vae_and_a_gan(app, tmp_path):
         assert "interpolation between two codes" in captions
         assert "samples from the prior N(0, I)" in captions
         assert ("digits (top) and their reconstructions (bottom)" in captions) == (arch == "vae")
+        start, before = app.slider(key="gen_z0").value, _decoded(app)
+        assert len(before) == 1, arch
         app.slider(key="gen_z0").set_value(2.5).run()
         assert not app.exception
+        assert _decoded(app) != before, arch  # the slider's code decodes to another picture
+        app.slider(key="gen_z0").set_value(start).run()
+        assert _decoded(app) == before, arch  # and back
 
 
 def test_a_corrupt_image_and_a_wrong_checkpoint_are_one_line_errors(small, monkeypatch,
@@ -192,6 +221,7 @@ def test_a_corrupt_image_and_a_wrong_checkpoint_are_one_line_errors(small, monke
     app.text_input(key="weights").input(str(other)).run()
     assert not app.exception
     assert len(app.error) == 1 and "\n" not in app.error[0].value
+    assert not re.search(r"--[a-z]", app.error[0].value)  # the page's words, not the CLI's
 
 
 def test_upload_size_is_limited(monkeypatch):
@@ -240,6 +270,7 @@ def test_dashboard_reports_bad_model_in_one_line(app):
     app.text_input(key="model").input("resnet81").run()
     assert not app.exception
     assert "did you mean 'resnet18'" in app.error[0].value
+    assert not re.search(r"--[a-z]", app.error[0].value)
 
 
 def test_dashboard_opens_on_the_cached_trained_demo_model(app, tmp_path):

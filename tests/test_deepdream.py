@@ -288,12 +288,12 @@ def test_octaves_that_shrink_below_the_network_minimum_say_what_fixes_them():
         dd.deepdream(loaded, image, "conv3", octaves=5, octave_scale=1.6, steps=1)
     message = str(caught.value)
     assert "smallest octave is 5x6" in message and "6x6 pixels" in message
-    assert "use --octaves 4 or fewer, or --octave-scale 1.49 or less" in message
+    assert "use `octaves=4` or fewer, or `octave_scale=1.49` or less" in message
     dd.deepdream(loaded, image, "conv3", octaves=4, octave_scale=1.6, steps=1)  # fixes it
     dd.deepdream(loaded, image, "conv3", octaves=5, octave_scale=1.49, steps=1)  # so does this
     with pytest.raises(vistool.ImageError, match="image is 5x40, smaller than the 6x6"):
         dd.deepdream(loaded, photo(5, 40), "conv3", octaves=1, steps=1)
-    with pytest.raises(vistool.VistoolError, match="use --tile 6 or more"):
+    with pytest.raises(vistool.VistoolError, match="use `tile=6` or more"):
         dd.deepdream(loaded, image, "conv3", octaves=1, steps=1, tile=5)
 
 

@@ -36,6 +36,9 @@ SKIPPED = {
     "make test": "runs the whole test suite, this file included",
     "vistool dashboard": "serves Streamlit until stopped; tests/test_dashboard.py starts and "
                          "stops the server and drives the app",
+    "vistool dashboard --host 0.0.0.0 --port 8501 --allow-path /data/checkpoints": "serves "
+        "until stopped; tests/test_dashboard_security.py starts the server with --host and "
+        "--allow-path and checks where it listens and what the page may read",
     "vistool train lenet-digits": "15 epochs of training, too slow for this file; "
                                   "tests/test_trainers.py trains it",
     "vistool train shapes-cnn --out runs/shapes": "about a minute of training; the test writes "

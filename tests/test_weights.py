@@ -73,13 +73,13 @@ def test_weights_none_is_random_without_a_warning(no_runs):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RandomWeightsWarning)
         loaded = vistool.load_model("shapes_cnn", weights="none", device="cpu")
-    assert loaded.random_weights is True and loaded.weights.endswith("(--weights none)")
+    assert loaded.random_weights is True and loaded.weights.endswith("(weights: none)")
 
 
 def test_factory_without_checkpoint_says_its_weights_are_its_own(tmp_path):
     (tmp_path / "net.py").write_text("from torch import nn\n\ndef build():\n"
                                      "    return nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())\n")
-    with pytest.warns(RandomWeightsWarning, match=r"no --checkpoint.*random unless"):
+    with pytest.warns(RandomWeightsWarning, match=r"no `weights` file.*random unless"):
         loaded = vistool.load_model(f"{tmp_path}/net.py:build", device="cpu")
     assert loaded.random_weights is None
 

@@ -52,7 +52,7 @@ def test_missing_default_weights_name_the_file_and_the_alternatives(offline, cap
     message = str(info.value)
     expected = offline / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert str(expected) in message
-    assert "--weights none" in message and "--weights FILE" in message
+    assert "`weights='none'`" in message and "`weights=FILE`" in message
 
 
 def test_weights_none_and_a_state_dict_file(tmp_path):
@@ -200,7 +200,7 @@ def test_module_factory_and_unknown_names():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_requested_without_cuda():
-    with pytest.raises(ModelError, match="CUDA is not available; use --device cpu"):
+    with pytest.raises(ModelError, match="CUDA is not available; use `device='cpu'`"):
         load_model("shapes_cnn", device="cuda")
 
 

@@ -122,7 +122,7 @@ def run_directory(final: str | os.PathLike) -> Iterator[Path]:
 
         raise VistoolError(
             f"output directory {str(final)!r} already exists and is not empty; "
-            "choose another --out or remove it"
+            "choose another directory (`final`) or remove it"
         )
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial",

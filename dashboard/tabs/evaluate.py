@@ -1,11 +1,13 @@
 """Evaluate: the explanation-quality metrics of several methods on a sample of the shapes
-data (or an image folder), as ``vistool evaluate`` computes them."""
+data (or an image folder), as ``vistool evaluate`` computes them. A typed image or masks
+folder must lie in the folders the dashboard may read (``dashboard.security``)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard.common import Session, selected_layer, tab
+from dashboard.security import check_path
 from vistool.evaluate.data import load_eval_set
 from vistool.evaluate.names import EVAL_METHODS, LOCALISATION, METRICS
 from vistool.evaluate.report import curve_panels, markdown_table, sanity_panels
@@ -28,6 +30,10 @@ def render(session: Session) -> None:
     run, stop = st.columns(2)
     stop.button("Stop", key="eval_stop")
     if run.button("Evaluate", key="eval_run", type="primary", disabled=not (methods and metrics)):
+        if dataset.startswith("imagefolder:"):
+            check_path(dataset.split(":", 1)[1], "the image folder")
+        if masks is not None:
+            check_path(masks, "the masks folder")
         data = load_eval_set(session.loaded, dataset, masks, limit)
         if data.masks is None and data.boxes is None:
             metrics = [m for m in metrics if m not in LOCALISATION]

@@ -17,15 +17,30 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..core.errors import VistoolError
+from ..core.errors import VistoolError, name_parameters
 
-__all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_USAGE", "PARAMETER_FLAGS", "build_parser", "cli_message", "main"]
 
 EXIT_USAGE = 2
 COMMANDS = (
     "models", "layers", "activations", "gradcam", "attribute", "filters", "train", "dashboard",
     "style", "deepdream", "generate", "evaluate",
 )
+#: The flag of each library parameter whose flag is not ``--`` and its name with dashes.
+PARAMETER_FLAGS = {"spec": "--model", "final": "--out", "styles": "--style"}
+
+
+def parameter_flag(name: str, value: str | None = None) -> str:
+    """The command line's spelling of a library parameter: ``octave_scale``, ``1.4`` ->
+    ``--octave-scale 1.4``."""
+    flag = PARAMETER_FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag if value is None else f"{flag} {value}"
+
+
+def cli_message(message: object) -> str:
+    """A library error or warning as the command line says it: one line, its parameters
+    named as flags (`` `weights=FILE` `` -> ``--weights FILE``)."""
+    return " ".join(name_parameters(str(message), parameter_flag).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except VistoolError as exc:
-        message = " ".join(str(exc).split())
-        print(f"vistool: error: {message}", file=sys.stderr)
+        print(f"vistool: error: {cli_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as exc:
         module = None if args.debug else _failed_module(exc)

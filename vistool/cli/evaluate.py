@@ -10,6 +10,7 @@ import warnings
 
 from ..core.errors import VistoolError
 from ..evaluate.names import EVAL_METHODS, LOCALISATION, METRICS
+from . import cli_message
 from .options import add_model_options, add_out_option, non_negative, positive_int, status
 
 DEFAULT_METHODS = "gradcam,gradcam++,layercam,saliency,guided-backprop,random"
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, seed=args.seed,
                       progress=sys.stderr.isatty() and not args.json)
     seconds = time.perf_counter() - start
-    for message in dict.fromkeys(str(w.message) for w in caught):
+    for message in dict.fromkeys(cli_message(w.message) for w in caught):
         print(f"vistool: warning: {message}", file=sys.stderr)
     summary = ev.summary(seed=args.seed)
     table = markdown_table(summary, metrics)

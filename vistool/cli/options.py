@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.errors import VistoolError, VistoolWarning
+from . import cli_message
 
 
 def positive_int(text: str) -> int:
@@ -192,7 +193,7 @@ def load(args: argparse.Namespace):
         status(f"note: {loaded.weights}: the pictures show an untrained model")
     for warning in caught:
         if issubclass(warning.category, VistoolWarning):
-            print(f"vistool: warning: {warning.message}", file=sys.stderr)
+            print(f"vistool: warning: {cli_message(warning.message)}", file=sys.stderr)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)

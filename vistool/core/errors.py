@@ -2,12 +2,23 @@
 
 Every message says what was wrong and what to do; the CLI prints it on one line and
 exits with status 2.
+
+Messages name the library's parameters, never one face's controls: a parameter is written in
+backquotes, alone (`` `layer` ``) or with a value (`` `octaves=4` ``, `` `device='cpu'` ``,
+`` `weights=FILE` ``, an upper-case value standing for any). ``str(error)`` shows that, which
+reads as the Python call; each face rewrites it with :func:`name_parameters` in its own
+terms: the CLI as its flags (``--octaves 4``), the dashboard as its widgets (the Octaves
+slider).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+
+#: A parameter in a message: `` `name` `` or `` `name=value` ``.
+PARAMETER = re.compile(r"`(?P<name>[a-z][a-z0-9_]*)(?:=(?P<value>[^`]*))?`")
 
 
 class VistoolError(Exception):
@@ -68,3 +79,18 @@ def suggestion(name: str, candidates: Iterable[str], what: str) -> str:
     if found:
         return "; did you mean " + ", ".join(repr(f) for f in found) + "?"
     return f"; list the valid {what}"
+
+
+def name_parameters(message: str, render: Callable[[str, str | None], str | None]) -> str:
+    """``message`` with each parameter (`` `name` ``, `` `name=value` ``) replaced by
+    ``render(name, value)``, the value without Python's quotes (``'cpu'`` -> ``cpu``; None
+    when the parameter has none); a parameter for which ``render`` returns None is left as
+    written."""
+    def replace(match: re.Match) -> str:
+        value = match["value"]
+        if value is not None and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        named = render(match["name"], value)
+        return match[0] if named is None else named
+
+    return PARAMETER.sub(replace, message)

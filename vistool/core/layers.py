@@ -173,6 +173,6 @@ def default_layer(model: nn.Module, input_size: Sequence[int] | None = None,
                   if row.params > 0 and row.output_shape is not None and spatial(row.output_shape)]
     if not candidates:
         raise LayerError(
-            f"{type(model).__name__} has no layer with a spatial output; name one with --layer"
+            f"{type(model).__name__} has no layer with a spatial output; name one with `layer`"
         )
     return max(candidates, key=lambda row: row.finished).name

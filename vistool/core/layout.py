@@ -18,7 +18,7 @@ from .errors import LayerError, VistoolError
 
 __all__ = ["LAYOUTS", "GridView", "ReshapeView", "detect", "grid_view"]
 
-#: The layouts a user can name (``--layout``); ``auto`` detects them.
+#: The layouts a user can name (``layout``); ``auto`` detects them.
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
 _MAX_EXTRA_TOKENS = 2  # class token (ViT), class + distillation tokens (DeiT)
 
@@ -124,7 +124,7 @@ def grid_view(name: str, output: torch.Tensor, size: Sequence[int], layout: str 
 
     Raises:
         LayerError: the output has no grid the layout allows, or ``reshape`` does not give
-            a 4-d tensor; the message names the shape and the ``--layout`` choices.
+            a 4-d tensor; the message names the shape and the ``layout`` choices.
     """
     if reshape is not None:
         shape = tuple(getattr(reshape(output), "shape", ()))
@@ -148,5 +148,5 @@ def grid_view(name: str, output: torch.Tensor, size: Sequence[int], layout: str 
             f"layer {name!r} outputs {what}, which is not a spatial grid for a "
             f"{size[0]}x{size[1]} input as {'any layout' if layout == 'auto' else layout}; "
             "pick a layer with a spatial output ('vistool layers'), or say how it is laid "
-            "out with --layout nchw|nhwc|tokens")
+            "out with `layout=nchw|nhwc|tokens`")
     return view

@@ -69,7 +69,7 @@ class LoadedModel:
         metadata: checkpoint metadata (training config, metrics ...), if any.
         weights: where the weights came from, in words (``"torchvision
             ResNet18_Weights.IMAGENET1K_V1"``, ``"trained checkpoint PATH"``,
-            ``"random initialisation (--weights none)"`` ...).
+            ``"random initialisation (weights: none)"`` ...).
         random_weights: True when the weights are random, None when unknown (a factory).
     """
 
@@ -120,7 +120,7 @@ class LoadedModel:
         if isinstance(target, str) and not target.lstrip("-").isdigit():
             if not self.classes:
                 raise TargetError(f"class {target!r} given by name, but the model has no class "
-                                  "names; give an index or --classes FILE")
+                                  "names; give an index or `classes=FILE`")
             if target not in self.classes:
                 raise TargetError(f"unknown class {target!r}"
                                   + suggestion(target, self.classes, "class names"))
@@ -220,7 +220,7 @@ def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module
             f"pretrained weights for {name} are not cached and could not be downloaded "
             f"({getattr(exc, 'reason', exc)}); looked for {cached} (cache directory "
             f"{cached.parent}, set TORCH_HOME to move it); copy the file there, or use "
-            "--weights none (random init) or --weights FILE (a state dict)"
+            "`weights='none'` (random init) or `weights=FILE` (a state dict)"
         ) from None
 
 
@@ -232,7 +232,7 @@ def _build_arch(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         return _build_torchvision(arch, pretrained=False, **kwargs)[0]
     raise CheckpointError(
         f"checkpoint names architecture {arch!r}, which is neither a vistool book model nor a "
-        "torchvision model; load it with --model file.py:factory --checkpoint FILE"
+        "torchvision model; load it with `spec='file.py:factory'` and `weights=FILE`"
     )
 
 
@@ -285,11 +285,11 @@ def _from_checkpoint(path: str, weights: str) -> _Built:
     if "arch" not in meta:
         raise CheckpointError(
             f"checkpoint {path!r} does not say which architecture it holds; load it with "
-            "--model NAME_OR_FILE.py:factory --weights FILE"
+            "`spec='NAME_OR_FILE.py:factory'` and `weights=FILE`"
         )
     model = _build_arch(meta["arch"], dict(meta.get("arch_kwargs", {})))
     if weights == "none":
-        return _Built(model, meta, "random initialisation (--weights none)", True)
+        return _Built(model, meta, "random initialisation (weights: none)", True)
     apply_state_dict(model, state, f"checkpoint {path!r}")
     return _Built(model, meta, f"checkpoint {path}")
 
@@ -297,12 +297,12 @@ def _from_checkpoint(path: str, weights: str) -> _Built:
 def _from_factory(spec: str, weights: str) -> _Built:
     model = _call_factory(spec)
     if weights != "default":
-        return _Built(model, weights="random initialisation (--weights none)"
+        return _Built(model, weights="random initialisation (weights: none)"
                       if weights == "none" else "", random_weights=weights == "none")
-    warnings.warn(f"{spec} was given no --checkpoint, so its weights are whatever the factory "
-                  "sets (random unless it loads weights itself); pass --checkpoint FILE",
+    warnings.warn(f"{spec} was given no `weights` file, so its weights are whatever the factory "
+                  "sets (random unless it loads weights itself); pass `weights=FILE`",
                   RandomWeightsWarning, stacklevel=4)
-    return _Built(model, weights=f"as {spec} built it (no --checkpoint)", random_weights=None)
+    return _Built(model, weights=f"as {spec} built it (no weights file)", random_weights=None)
 
 
 def _from_torchvision(name: str, weights: str) -> _Built:
@@ -315,7 +315,7 @@ def _from_torchvision(name: str, weights: str) -> _Built:
     meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
             "classes": enum.meta.get("categories")}
     pretrained = weights == "default"
-    described = f"torchvision {enum}" if pretrained else "random initialisation (--weights none)"
+    described = f"torchvision {enum}" if pretrained else "random initialisation (weights: none)"
     return _Built(model, meta, described if weights in ("default", "none") else "",
                   weights == "none", resize)
 
@@ -330,9 +330,9 @@ def _from_book(name: str, weights: str) -> _Built:
         warnings.warn(
             f"{name} has no trained checkpoint in {cache_dir()} or runs/, so its weights are "
             f"RANDOM; train one with 'vistool train' (e.g. 'make demo' trains shapes_cnn) or "
-            "pass --weights FILE", RandomWeightsWarning, stacklevel=4)
+            "pass `weights=FILE`", RandomWeightsWarning, stacklevel=4)
     built = _Built(get_book_model(name), dict(book_defaults(name)),
-                   "random initialisation" + (" (--weights none)" if weights == "none" else
+                   "random initialisation" + (" (weights: none)" if weights == "none" else
                                               " (no trained checkpoint found)"), True)
     return built
 

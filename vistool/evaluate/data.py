@@ -77,7 +77,7 @@ def _folder(loaded: LoadedModel, root: Path, masks_dir: Path | None, limit: int)
     masks = None
     if masks_dir is not None:
         if not masks_dir.is_dir():
-            raise DataError(f"--masks {masks_dir}: no such folder")
+            raise DataError(f"`masks`: no such folder {masks_dir}")
         masks = torch.stack([_mask(loaded, _mask_file(masks_dir, root, p)) for p in paths])
     return EvalSet(images=images.to(loaded.device), names=[str(p) for p in paths],
                    labels=labels, masks=masks, boxes=None)
@@ -98,7 +98,7 @@ def load_eval_set(loaded: LoadedModel, dataset: str = "shapes", masks: str | Non
     """
     if dataset == "shapes":
         if masks is not None:
-            raise DataError("--masks is for imagefolder:DIR; the shapes data has its own")
+            raise DataError("`masks` is for imagefolder:DIR; the shapes data has its own")
         return _shapes(loaded, limit, seed)
     if dataset.startswith("imagefolder:"):
         return _folder(loaded, Path(dataset.split(":", 1)[1]).expanduser(),

@@ -184,7 +184,7 @@ def _run(algo: Any, images: torch.Tensor, method: str, smooth: int, noise: float
     if smooth <= 0:
         return algo.attribute(inputs, **kwargs)
     if method == "guided-gradcam":
-        raise VistoolError("--smooth is not available for guided-gradcam; smooth "
+        raise VistoolError("`smooth` is not available for guided-gradcam; smooth "
                            "guided-backprop instead")
     from captum.attr import NoiseTunnel
 

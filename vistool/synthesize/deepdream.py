@@ -241,12 +241,12 @@ def _fixes(height: int, width: int, octaves: int, octave_scale: float, minimum: 
         return min(octave_sizes(height, width, count, scale)[0]) >= minimum
 
     count = max(k for k in range(1, octaves + 1) if fits(k, octave_scale))
-    fixes = [f"--octaves {count} or fewer"]
+    fixes = [f"`octaves={count}` or fewer"]
     scale = math.floor(100 * (min(height, width) / minimum) ** (1 / (octaves - 1))) / 100
     while scale > 1 and not fits(octaves, scale):
         scale = round(scale - 0.01, 2)
     if scale > 1:
-        fixes.append(f"--octave-scale {scale:g} or less")
+        fixes.append(f"`octave_scale={scale:g}` or less")
     return ", or ".join(fixes)
 
 
@@ -268,9 +268,9 @@ def _check_size(loaded: LoadedModel, size: tuple[int, int], layers: list[str], o
                          "use a larger image or shallower layers")
     if tile < minimum:
         raise VistoolError(f"tiles of {tile} pixels are smaller than {needs}; "
-                           f"use --tile {minimum} or more")
+                           f"use `tile={minimum}` or more")
     raise VistoolError(
-        f"with --octaves {octaves} and --octave-scale {octave_scale:g} the smallest octave is "
+        f"with `octaves={octaves}` and `octave_scale={octave_scale:g}` the smallest octave is "
         f"{sizes[0][0]}x{sizes[0][1]}, smaller than {needs}; use "
         + _fixes(*size, octaves, octave_scale, minimum))
 
@@ -291,11 +291,11 @@ def _check_options(images: torch.Tensor, channels: int, octaves: int, octave_sca
                          "preprocessing with vistool.deprocess first")
     if steps < 1 or octaves < 1 or tile < 1:
         raise VistoolError(f"steps ({steps}), octaves ({octaves}) and tile ({tile}) must be "
-                           "at least 1; give e.g. --steps 10 --octaves 4 --tile 512")
+                           "at least 1; give e.g. `steps=10` `octaves=4` `tile=512`")
     if octave_scale <= 1 or lr < 0 or jitter < 0 or smooth < 0:
         raise VistoolError(f"octave scale ({octave_scale:g}) must be above 1 and lr ({lr:g}), "
                            f"jitter ({jitter}) and smooth ({smooth:g}) not negative; "
-                           "give e.g. --octave-scale 1.4")
+                           "give e.g. `octave_scale=1.4`")
 
 
 def _objective(loaded: LoadedModel, layers: list[str], acts: dict, channel: int | None,
@@ -307,8 +307,8 @@ def _objective(loaded: LoadedModel, layers: list[str], acts: dict, channel: int 
         if (channel is not None or guide is not None) and (
                 not isinstance(act, torch.Tensor) or act.dim() != 4):
             raise LayerError(f"layer {layer!r} outputs shape "
-                             f"{tuple(getattr(act, 'shape', ()))}, not (N, C, H, W); --channel "
-                             "and --guide need a convolutional layer")
+                             f"{tuple(getattr(act, 'shape', ()))}, not (N, C, H, W); `channel` "
+                             "and `guide` need a convolutional layer")
         if not isinstance(act, torch.Tensor):
             raise LayerError(f"layer {layer!r} does not output a tensor; pick another layer")
         if channel is not None and not 0 <= channel < act.shape[1]:
@@ -385,7 +385,7 @@ def deepdream(loaded: LoadedModel, images: torch.Tensor, layers: str | Sequence[
     Raises:
         ImageError, LayerError, VistoolError: bad images, layer names (with suggestions),
             options, or octaves that shrink the image below what the network can take
-            (the message says which ``--octaves``/``--octave-scale`` fixes it).
+            (the message says which ``octaves``/``octave_scale`` fixes it).
     """
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:

@@ -116,7 +116,7 @@ class PerceptualLoss:
                  style_layers: Sequence[str] = STYLE_LAYERS, content_weight: float = 1.0,
                  style_weight: float = 1e5, tv_weight: float = 0.0):
         if not styles:
-            raise VistoolError("no style image given; give at least one (--style IMG)")
+            raise VistoolError("no style image given; give at least one (`styles`)")
         blend = [1.0] * len(styles) if style_weights is None else list(style_weights)
         if len(blend) != len(styles) or min(blend) < 0 or sum(blend) <= 0:
             raise VistoolError(f"style weights {blend} do not fit {len(styles)} style "

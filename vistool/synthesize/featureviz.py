@@ -124,7 +124,7 @@ def _settings(loaded: LoadedModel, size: int, steps: int, lr: float, param: str,
               robust_samples: int, redirect_relu: bool) -> _Run:
     if size < 1 or steps < 0 or lr <= 0 or robust_samples < 1:
         raise VistoolError(f"size ({size}), steps ({steps}), lr ({lr}) and robust samples "
-                           f"({robust_samples}) must be positive; give e.g. --size 128")
+                           f"({robust_samples}) must be positive; give e.g. `size=128`")
     if batch_size is not None and batch_size < 1:
         raise VistoolError(f"batch size must be at least 1, got {batch_size}")
     return _Run((loaded.input_size[0], size, size), steps, lr, param,
