@@ -183,11 +183,17 @@ def checkpoint(images, tmp_path_factory):
 
 
 def test_style_fast_writes_one_image_per_input_at_its_size_and_says_weights_are_random(
-        checkpoint, images, tmp_path, capsys):
+        checkpoint, images, tmp_path, capsys, monkeypatch):
+    import vistool.core.devices
+
     first = write_picture(tmp_path / "one.png", "chelsea", (40, 56))
     second = write_picture(tmp_path / "two.png", "rocket", (33, 33))
     out = tmp_path / "out"
+    waits = []  # each image's time starts and ends when the device is idle (CUDA is async)
+    monkeypatch.setattr(vistool.core.devices, "synchronize", waits.append)
     assert main(["style", "--fast", str(checkpoint), first, second, "--out", str(out)]) == 0
+    assert waits == [torch.device("cpu")] * 4
+    monkeypatch.undo()
     captured = capsys.readouterr()
     assert "trained against a random-weight VGG16" in captured.err
     assert "wrote 2 stylised image(s)" in captured.out and "random weights" in captured.out

@@ -73,6 +73,9 @@ SKIPPED = {
     "torchrun --nproc_per_node 4 -m vistool train resnet-cifar10 --amp":
         "4 processes on 4 GPUs and CIFAR-10; tests/test_trainers.py checks DDP with 2 CPU "
         "processes",
+    ".venv/bin/python scripts/gpu_check.py": "compares a GPU with the CPU; on a CPU machine "
+        "tests/test_gpu_check.py runs it as a dry run (--device cpu --quick)",
+    ".venv/bin/python scripts/gpu_check.py --only cam": "the same, for the CAM checks",
 }
 
 IMAGE_COMMANDS = ("activations", "gradcam", "attribute")

@@ -2,9 +2,17 @@
 resume. :func:`train` is a short loop; the steps it calls follow it in the order it calls
 them. There is no framework underneath.
 
-* Devices: ``auto`` picks CUDA, then MPS, then CPU. Under ``torchrun`` each process takes
-  ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo); data is split with a distributed sampler,
-  only rank 0 logs and writes.
+* Devices: ``auto`` picks CUDA, then MPS, then CPU (:func:`vistool.core.devices.start_processes`).
+  Under ``torchrun`` each process takes ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo); the
+  training and validation data are split between the processes, only rank 0 logs and
+  writes. Each process draws its own random numbers (noise, dropout): the seed is mixed
+  with the rank, and resume restores each rank's own generator states.
+* DDP runs with ``broadcast_buffers=False``: a GAN's discriminator runs twice (real, fake)
+  before one backward, and a buffer broadcast at the second forward would rewrite the batch
+  norm statistics the first one saved for backward. Each process keeps its own running
+  statistics during the epoch; they are averaged over the processes before validation.
+* AMP: bf16 where the GPU computes it natively (or on the CPU), else fp16 with a gradient
+  scaler, updated once per iteration however many optimisers step.
 * The sampler is a ``DistributedSampler`` even in one process (one replica), reseeded per
   epoch: the order of the data depends only on the seed and the epoch, which makes a
   resumed run and a 2-process run follow the 1-process run exactly.
@@ -20,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from vistool.core.checkpoint import save_checkpoint
-from vistool.core.devices import resolve_device
+from vistool.core.devices import start_processes
 from vistool.core.errors import VistoolError
 from vistool.core.files import atomic_path
 from vistool.outputs import save_png
@@ -60,28 +67,31 @@ class TrainConfig:
     workers: int = 0
     grad_clip: float | None = None
     progress: bool = True
+    limit_batches: int | None = None  # at most this many training batches per epoch
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist.get_rank(), world, local
+#: Steps between two progress-bar loss readings (each one waits for the GPU).
+_POSTFIX_EVERY = 25
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``: ``seed`` itself for the first (so a one-process run
+    and rank 0 agree), a different stream for each other rank."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % 2**64
 
 
 def _autocast_factory(device: torch.device, amp: bool):
+    """(autocast context factory, GradScaler or None). bf16 on the CPU and on GPUs that
+    compute it natively (Ampere on); fp16 with a scaler on the others (T4, V100), where
+    ``is_bf16_supported()`` would count the slow emulated bf16."""
     if not amp or device.type == "mps":
         return contextlib.nullcontext, None
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = torch.bfloat16 if native else torch.float16
     else:
         dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
@@ -153,6 +163,7 @@ class _Run:
     initial: dict[str, Any] | None = None
     start_epoch: int = 1
     sample_batch: torch.Tensor | None = None
+    val_sharded: bool = False
 
     @property
     def main(self) -> bool:
@@ -164,7 +175,8 @@ class _Run:
         return self.out_dir / "last-state.pt"
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward pass, gradient clipping and optimiser step (scaled under fp16 AMP)."""
+        """Backward pass, gradient clipping and optimiser step (scaled under fp16 AMP; the
+        scale is updated once per iteration, by :func:`_train_steps`)."""
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -176,7 +188,6 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         if self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
         else:
             optimizer.step()
 
@@ -204,8 +215,9 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
         better = _improves(task, metrics, run.best)
         if better:
             run.best = metrics
+        rng = _rng_states(run)  # every process's generators, for the state file
         if run.main:
-            _save_state(run, epoch)  # everything --resume needs, in one file
+            _save_state(run, epoch, rng)  # everything --resume needs, in one file
             _save_outputs(run, epoch, metrics, better)
         if run.world > 1:
             dist.barrier()
@@ -218,29 +230,36 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
 def _setup(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
            metadata: dict[str, Any], log: Callable[[str], None]) -> _Run:
     """Processes and device, seed, model on its device, optimisers, AMP, loaders."""
-    rank, world, local_rank = _distributed()
-    if config.device == "auto" and world > 1 and torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = resolve_device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    rank, world, device = start_processes(config.device)
     if config.batch_size % world:
         raise VistoolError(f"--batch-size {config.batch_size} is not divisible by the "
                            f"{world} processes")
-    torch.manual_seed(config.seed)
+    _tune_backends(device)
+    torch.manual_seed(rank_seed(config.seed, rank))
     channels_last = _place_model(task, device, world, config.channels_last)
     optimizers = task.build_optimizers()
     autocast, scaler = _autocast_factory(device, config.amp)
     sampler, train_loader, val_loader = _loaders(data, config, rank, world, device)
-    total = config.epochs * len(train_loader)
+    total = config.epochs * _steps_per_epoch(train_loader, config)
     schedulers = [s for s in (_scheduler(config.schedule, opt, total) for opt in optimizers)
                   if s is not None]
     return _Run(task=task, config=config, out_dir=out_dir, metadata=metadata, log=log,
                 rank=rank, world=world, device=device, channels_last=channels_last,
                 optimizers=optimizers, schedulers=schedulers, autocast=autocast,
                 scaler=scaler, sampler=sampler, train_loader=train_loader,
-                val_loader=val_loader)
+                val_loader=val_loader, val_sharded=len(val_loader.dataset) < len(data.val))
+
+
+def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
+    """The training batches of one epoch: the loader's, or ``limit_batches`` if fewer."""
+    return min(len(loader), config.limit_batches or len(loader))
+
+
+def _tune_backends(device: torch.device) -> None:
+    """The book's models train on inputs of one size: on CUDA, let cuDNN time its kernels
+    once and keep the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def _place_model(task: Task, device: torch.device, world: int,
@@ -256,7 +275,7 @@ def _place_model(task: Task, device: torch.device, world: int,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        task.wrap = lambda m: DDP(m, device_ids=ids) if any(
+        task.wrap = lambda m: DDP(m, device_ids=ids, broadcast_buffers=False) if any(
             p.requires_grad for p in m.parameters()) else m
     task.prepare()
     return channels_last
@@ -272,7 +291,10 @@ def _loaders(data: DataSpec, config: TrainConfig, rank: int, world: int,
                  "persistent_workers": config.workers > 0}
     train_loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True,
                               **loader_kw)
-    val_loader = DataLoader(data.val, batch_size=max(per_rank, 256), **loader_kw)
+    val = data.val
+    if world > 1 and len(val) >= world:  # each process validates its share
+        val = torch.utils.data.Subset(val, range(rank, len(val), world))
+    val_loader = DataLoader(val, batch_size=max(per_rank, 256), **loader_kw)
     if len(train_loader) == 0:
         raise VistoolError(f"the training set has {len(data.train)} images, fewer than one "
                            f"batch of {config.batch_size}; lower --batch-size")
@@ -296,17 +318,72 @@ def _resume(run: _Run) -> None:
         sched.load_state_dict(sd)
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"])
-    if run.device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    _restore_rng(run, state)
     run.history, run.best, run.initial = state["history"], state["best"], state["initial"]
     run.start_epoch = state["epoch"] + 1
     if run.main:
         run.log(f"resuming {run.out_dir} at epoch {run.start_epoch}")
 
 
+def _rng_states(run: _Run) -> list[dict[str, torch.Tensor]]:
+    """The generator states of every process (CPU, and the process's CUDA or MPS device),
+    by rank; a collective: every process calls it."""
+    state = {"cpu": torch.get_rng_state()}
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    elif run.device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    if run.world == 1:
+        return [state]
+    states: list[Any] = [None] * run.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rng(run: _Run, state: dict[str, Any]) -> None:
+    """Each process takes back its own generator states; a state written by another
+    number of processes (or by an older vistool) gives the processes other than the
+    first a fresh stream from their rank and the epoch."""
+    states = state.get("rng_by_rank")
+    if states is None:  # an older state file: one CPU (and CUDA) state for every rank
+        states = [{"cpu": state["rng"], "cuda": state.get("cuda_rng")}]
+    if len(states) != run.world and run.rank > 0:
+        torch.manual_seed(rank_seed(run.config.seed + state["epoch"], run.rank))
+        return
+    mine = states[run.rank]
+    torch.set_rng_state(mine["cpu"])
+    if run.device.type == "cuda" and mine.get("cuda") is not None:
+        torch.cuda.set_rng_state(mine["cuda"], run.device)
+    elif run.device.type == "mps" and mine.get("mps") is not None:
+        torch.mps.set_rng_state(mine["mps"])
+
+
+def _average_buffers(run: _Run) -> None:
+    """Average the floating-point buffers (batch-norm running statistics) over the
+    processes: DDP does not broadcast them (see the module docstring)."""
+    if run.world == 1:
+        return
+    with torch.no_grad():
+        for buffer in run.task.model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= run.world
+
+
 def _validate(run: _Run) -> dict[str, float]:
-    return run.task.evaluate(run.val_loader, run.device, run.autocast)
+    """The validation metrics over the whole validation set (each process evaluates its
+    share; the means are weighted by the shares' sizes)."""
+    _average_buffers(run)
+    metrics = run.task.evaluate(run.val_loader, run.device, run.autocast)
+    if not run.val_sharded:
+        return metrics
+    keys = sorted(metrics)
+    count = len(run.val_loader.dataset)
+    packed = torch.tensor([metrics[k] * count for k in keys] + [count], dtype=torch.float64,
+                          device=run.device)
+    dist.all_reduce(packed)
+    total = float(packed[-1])
+    return {k: float(v) / total for k, v in zip(keys, packed[:-1])}
 
 
 def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
@@ -319,7 +396,7 @@ def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     metrics.update({f"train_{k}": v for k, v in means.items() if k != "loss"})
     metrics.update(_validate(run))
     metrics["seconds"] = round(time.perf_counter() - started, 3)
-    samples = len(run.train_loader) * run.config.batch_size
+    samples = _steps_per_epoch(run.train_loader, run.config) * run.config.batch_size
     metrics["samples_per_s"] = round(samples / train_seconds, 1)
     quarter = max(1, len(step_losses) // 4)  # loss over the first and last quarter
     metrics["first_steps_loss"] = sum(step_losses[:quarter]) / quarter
@@ -329,15 +406,20 @@ def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
     """One pass over this process's share of the training set; returns the mean of every
-    value ``task.step`` reports, and the loss of every step."""
+    value ``task.step`` reports, and the loss of every step. The values stay on the device
+    until the epoch ends (the progress bar reads the loss every few steps): the host never
+    waits for the GPU step by step."""
     run.sampler.set_epoch(epoch)  # the order depends only on the seed and the epoch
     run.task.model.train()
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    step_losses = []
+    step_losses: list[torch.Tensor] = []
     bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{run.config.epochs}", leave=False,
+               total=_steps_per_epoch(run.train_loader, run.config),
                disable=not (run.config.progress and run.main), file=sys.stderr)
-    for x, y in bar:
+    for index, (x, y) in enumerate(bar):
+        if index == _steps_per_epoch(run.train_loader, run.config):
+            break
         x = x.to(run.device, non_blocking=True)
         y = y.to(run.device, non_blocking=True)
         if run.channels_last and x.dim() == 4:
@@ -345,14 +427,18 @@ def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
         if run.sample_batch is None:
             run.sample_batch = x[:8].detach().clone()
         values = run.task.step(x, y, run.optimizers, run.backward, run.autocast)
+        if run.scaler is not None:  # once per iteration, after every optimiser stepped
+            run.scaler.update()
         for sched in run.schedulers:
             sched.step()
         for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + value
+            totals[key] = totals[key] + value if key in totals else value.detach().clone()
             counts[key] = counts.get(key, 0) + 1
         step_losses.append(values["loss"])
-        bar.set_postfix(loss=f"{values['loss']:.4f}")
-    return {k: v / counts[k] for k, v in totals.items()}, step_losses
+        if not bar.disable and len(step_losses) % _POSTFIX_EVERY == 1:
+            bar.set_postfix(loss=f"{float(values['loss']):.4f}")
+    means = torch.stack([totals[k] / counts[k] for k in totals]).tolist()
+    return dict(zip(totals, means)), torch.stack(step_losses).tolist()
 
 
 def _average_over_processes(run: _Run, means: dict[str, float]) -> dict[str, float]:
@@ -374,16 +460,15 @@ def _improves(task: Task, metrics: dict[str, Any], best: dict[str, Any] | None) 
     return metrics[task.monitor] < best[task.monitor]
 
 
-def _save_state(run: _Run, epoch: int) -> None:
-    """``last-state.pt``: weights, optimisers, schedulers, scaler, RNG and history of the
-    same epoch in one atomically written file, so a kill never mixes epochs."""
-    cuda = run.device.type == "cuda"
+def _save_state(run: _Run, epoch: int, rng: list[dict[str, torch.Tensor]]) -> None:
+    """``last-state.pt``: weights, optimisers, schedulers, scaler, every process's RNG
+    states and the history of the same epoch in one atomically written file, so a kill
+    never mixes epochs."""
     state = {"epoch": epoch, "model": run.task.model.state_dict(),
              "optimizers": [o.state_dict() for o in run.optimizers],
              "schedulers": [s.state_dict() for s in run.schedulers],
              "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-             "rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state(run.device) if cuda else None,
+             "rng_by_rank": rng,
              "history": run.history, "best": run.best, "initial": run.initial}
     with atomic_path(run.state_path) as tmp:
         torch.save(state, tmp)

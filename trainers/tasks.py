@@ -40,9 +40,11 @@ class Task:
         self.train_model = self.wrap(self.model)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, optimizers, backward,
-             autocast) -> dict[str, float]:
+             autocast) -> dict[str, torch.Tensor]:
         """One optimisation step; forward passes run under ``autocast()``, ``backward(loss,
-        optimizer)`` outside it (as torch.amp recommends)."""
+        optimizer)`` outside it (as torch.amp recommends). Returns the step's values
+        (``loss`` and any parts) as detached 0-dim tensors on the device: reading them
+        would make the host wait for the GPU, so the loop does that once per epoch."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -52,6 +54,13 @@ class Task:
     def samples(self, batch: torch.Tensor) -> torch.Tensor | None:
         """A grid-ready batch of images in [0, 1] to save after each epoch, or None."""
         return None
+
+
+def _total(device: torch.device) -> torch.Tensor:
+    """A 0 to add a validation set's losses to on ``device`` (float64, but float32 on MPS,
+    which has no float64)."""
+    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    return torch.zeros((), device=device, dtype=dtype)
 
 
 def _optimizer(name: str, params, lr: float, weight_decay: float,
@@ -75,20 +84,21 @@ class ClassifierTask(Task):
             logits = self.train_model(x)
         loss = F.cross_entropy(logits.float(), y)
         backward(loss, optimizers[0])
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def evaluate(self, loader, device, autocast):
         self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum = _total(device)
+        correct, count = torch.zeros((), device=device, dtype=torch.long), 0
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
                 logits = self.model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
             count += len(y)
-        return {"val_loss": loss_sum / count, "val_acc": correct / count}
+        return {"val_loss": float(loss_sum) / count, "val_acc": int(correct) / count}
 
 
 class ReconstructionTask(Task):
@@ -111,17 +121,17 @@ class ReconstructionTask(Task):
     def step(self, x, y, optimizers, backward, autocast):
         loss = self._loss(self.train_model, x, autocast)
         backward(loss, optimizers[0])
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def evaluate(self, loader, device, autocast):
         self.model.eval()
-        total, count = 0.0, 0
+        total, count = _total(device), 0
         for x, _ in loader:
             x = x.to(device)
-            total += self._loss(self.model, x, autocast).item() * len(x)
+            total += self._loss(self.model, x, autocast) * len(x)
             count += len(x)
-        return {"val_loss": total / count}
+        return {"val_loss": float(total) / count}
 
     @torch.no_grad()
     def samples(self, batch):
@@ -187,21 +197,37 @@ class GanTask(Task):
         if self.loss_name == "wgan-gp":  # the penalty's double backward runs in fp32
             d_loss = d_loss + self.gp_weight * self._penalty(x, fake.detach().float())
         backward(d_loss, opt_d)
-        out = {"loss": d_loss.item(), "d_loss": d_loss.item()}
+        out = {"loss": d_loss.detach(), "d_loss": d_loss.detach()}
         # The critic's step count lives in its optimiser's state, so a resumed run keeps
-        # the same critic/generator rhythm.
-        critic_steps = int(opt_d.state[opt_d.param_groups[0]["params"][0]]["step"])
+        # the same critic/generator rhythm. An fp16 step skipped by the gradient scaler
+        # (inf/NaN gradients) is no step: before the first real one there is no state.
+        first = opt_d.param_groups[0]["params"][0]
+        critic_steps = int(opt_d.state.get(first, {}).get("step", 0))
         if critic_steps % self.n_critic == 0:
-            with autocast():
-                g_loss = self._g_loss(self.discriminator(fake).float())
-            backward(g_loss, opt_g)
-            out["g_loss"] = g_loss.item()
+            out["g_loss"] = self._generator_step(fake, opt_g, backward, autocast)
         return out
+
+    def _generator_step(self, fake, opt_g, backward, autocast) -> torch.Tensor:
+        """The generator's step, through the discriminator itself (not its DDP wrapper)
+        with its parameters frozen: no discriminator gradient is computed, nor
+        all-reduced between processes, for a step that does not use it."""
+        discriminator = self.model.discriminator
+        frozen = [p for p in discriminator.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            with autocast():
+                g_loss = self._g_loss(discriminator(fake).float())
+            backward(g_loss, opt_g)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return g_loss.detach()
 
     @torch.no_grad()
     def evaluate(self, loader, device, autocast):
         self.model.eval()
-        total, count = 0.0, 0
+        total, count = _total(device), 0
         generator = torch.Generator().manual_seed(0)
         for x, _ in loader:
             x = x.to(device)
@@ -210,9 +236,9 @@ class GanTask(Task):
                 fake = self.model.generator(z)
                 loss = self._d_loss(self.model.discriminator(x).float(),
                                     self.model.discriminator(fake).float())
-            total += loss.item() * len(x)
+            total += loss * len(x)
             count += len(x)
-        return {"val_loss": total / count}
+        return {"val_loss": float(total) / count}
 
     @torch.no_grad()
     def samples(self, batch):
@@ -241,8 +267,8 @@ class StyleTask(Task):
     def step(self, x, y, optimizers, backward, autocast):
         losses = self._losses(self.train_model, x, autocast)
         backward(losses[0], optimizers[0])
-        return {"loss": losses[0].item(), "content": losses[1].item(),
-                "style": losses[2].item()}
+        losses = losses.detach()
+        return {"loss": losses[0], "content": losses[1], "style": losses[2]}
 
     @torch.no_grad()
     def evaluate(self, loader, device, autocast):

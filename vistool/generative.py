@@ -92,15 +92,19 @@ def reconstruct(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of each row pair of ``a`` and ``b`` (flattened) at the
     fractions ``t`` (T,): (T, *a.shape[1:]) for one pair. Along the great circle when
-    the norms are equal (the norm stays), linear where the vectors are (anti)parallel."""
-    u, v = a.flatten().double(), b.flatten().double()
+    the norms are equal (the norm stays), linear where the vectors are (anti)parallel.
+    Computed in float32 on the codes' device, without waiting for it (``t`` may live
+    anywhere)."""
+    u, v = a.flatten().float(), b.flatten().to(a.device, torch.float32)
     cos = (u @ v / (u.norm() * v.norm()).clamp_min(1e-12)).clamp(-1, 1)
     omega = torch.arccos(cos)
-    t = t.double()[:, None]
-    if float(omega.sin().abs()) < 1e-6:
-        out = (1 - t) * u + t * v
-    else:
-        out = (torch.sin((1 - t) * omega) * u + torch.sin(t * omega) * v) / omega.sin()
+    t = t.to(a.device, torch.float32)[:, None]
+    sin = omega.sin()
+    parallel = sin.abs() < 1e-6
+    linear = (1 - t) * u + t * v
+    spherical = (torch.sin((1 - t) * omega) * u + torch.sin(t * omega) * v) / torch.where(
+        parallel, 1.0, sin)
+    out = torch.where(parallel, linear, spherical)
     return out.to(a.dtype).reshape(len(t), *a.shape[1:] if a.dim() > 1 else a.shape)
 
 
@@ -113,7 +117,7 @@ def interpolate(model: nn.Module, a: torch.Tensor, b: torch.Tensor, steps: int =
         raise VistoolError(f"interpolation needs at least 2 steps, got {steps}")
     kind = model_kind(model)
     spherical = kind != "autoencoder" if spherical is None else spherical
-    t = torch.linspace(0, 1, steps)
+    t = torch.linspace(0, 1, steps, device=a.device)
     if spherical:
         codes = slerp(a, b, t)
     else:

@@ -70,7 +70,7 @@ def _scatter(codes, labels, title: str):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    flat = codes.reshape(len(codes), -1).double()
+    flat = codes.reshape(len(codes), -1).cpu().double()
     if flat.shape[1] not in (2, 3):
         centred = flat - flat.mean(0)
         flat = centred @ _pca(centred)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import sys
 import time
@@ -28,22 +27,6 @@ MAP_FIELDS = [*BASE, "predicted", "predicted_name", "predicted_prob", "target", 
               "overlay", "raw"]
 _PART = ".index.part{}.csv"
 GALLERY = 32  # images of a run that its manifest lists for the gallery (index.csv has all)
-
-
-def _processes():
-    """(rank, world, device) of this process: under ``torchrun`` a gloo (CPU) or nccl
-    (CUDA, one GPU per process) group is started."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, None
-    import torch
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else None
-    return dist.get_rank(), world, device
 
 
 def _done(out: Path, overwrite: bool) -> dict[str, dict]:
@@ -216,9 +199,12 @@ def run(args: argparse.Namespace, process, fields: list[str], options: dict,
     out = resolve_run_dir(args.out, args.command)
     _check_out(out)
     sources = collect(args.images)
-    rank, world, device = _processes()
-    if device is not None and args.device == "auto":
-        args.device = device
+    from ..core.devices import start_processes
+
+    # Under torchrun: this process's GPU (cuda:LOCAL_RANK, made current before the group
+    # starts) or the CPU, and the backend that goes with it (nccl, gloo).
+    rank, world, device = start_processes(args.device)
+    args.device = str(device)
     loaded = load(args)
     layers = args.layer or [loaded.default_layer]
     resolve_layers(loaded.model, layers)

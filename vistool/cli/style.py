@@ -194,6 +194,7 @@ def _report(args, info: dict, out_dir, written: str, random: str | None) -> None
 
 def _run_fast(args: argparse.Namespace) -> int:
     """``--fast``: every image through the trained transformer network, one PNG each."""
+    from ..core.devices import synchronize
     from ..core.imageio import expand_inputs, load_tensor
     from ..core.zoo import load_model
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json, save_png
@@ -213,8 +214,10 @@ def _run_fast(args: argparse.Namespace) -> int:
     outputs, seconds = [], []
     with run_directory(out_dir) as staging:
         for index, (path, image) in enumerate(zip(paths, images)):
+            synchronize(loaded.device)
             start = time.perf_counter()
             result = stylize(net, image)
+            synchronize(loaded.device)  # CUDA runs asynchronously: time the work, not its launch
             seconds.append(time.perf_counter() - start)
             name = f"{index:03d}-{slug(Path(path).stem)}.png"
             save_png(staging / name, result[0])

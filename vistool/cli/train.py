@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 autocast (fp16 + grad scaling on older GPUs)")
+    p.add_argument("--limit-batches", type=positive_int, metavar="N",
+                   help="train on at most N batches per epoch (a quick check of a setup; "
+                        "validation still sees the whole validation set)")
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader worker processes (default: %(default)s)")
     p.add_argument("--out", "-o", help="run directory (default: runs/<recipe>)")
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                       epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device=args.device, amp=args.amp, workers=args.workers,
-                      progress=not args.quiet)
+                      limit_batches=args.limit_batches, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         shown = " ".join(f"{k}={best[k]:.4f}" for k in ("val_loss", "val_acc") if k in best)
         print(f"best epoch {best.get('epoch')}: {shown}; checkpoints in {out}")

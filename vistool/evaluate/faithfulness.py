@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..core.devices import DeviceConstant
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..explainers.inference import inference_copy, many_forwards_batch
@@ -221,7 +222,10 @@ def confidence_change(model: Model, images: torch.Tensor, maps: torch.Tensor,
     return (y - o).clamp(min=0) / y.clamp(min=1e-12), (o > y).float()
 
 
-_NEIGHBOURS = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+_NEIGHBOURS = DeviceConstant([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6],
+                              [1 / 12, 1 / 6, 1 / 12]])
+#: Conjugate-gradient steps between two convergence tests (each waits for the device).
+_CHECK_EVERY = 8
 
 
 def impute(images: torch.Tensor, removed: torch.Tensor, noise: float | torch.Tensor = 0.01,
@@ -253,7 +257,7 @@ def _coarse_guess(images: torch.Tensor, removed: torch.Tensor, tol: float) -> to
 
 def _solve(images: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Tensor:
     c = images.shape[1]
-    kernel = _NEIGHBOURS.to(images)[None, None].expand(c, 1, 3, 3)
+    kernel = _NEIGHBOURS.like(images)[None, None].expand(c, 1, 3, 3)
     unknown = removed.to(images.dtype).expand_as(images)
 
     def neighbours(x):
@@ -271,8 +275,9 @@ def _solve(images: torch.Tensor, removed: torch.Tensor, tol: float) -> torch.Ten
     p = r.clone()
     rr = (r * r).sum((2, 3), keepdim=True)
     stop = tol ** 2 * (b * b).sum((2, 3), keepdim=True)
-    for _ in range(4 * max(images.shape[2:]) + 10):
-        if bool((rr <= stop).all()):
+    for step in range(4 * max(images.shape[2:]) + 10):
+        # Reading the residual makes the host wait for the device: look every few steps.
+        if step % _CHECK_EVERY == 0 and bool((rr <= stop).all()):
             break
         ap = apply(p)
         alpha = rr / (p * ap).sum((2, 3), keepdim=True).clamp(min=1e-30)

@@ -45,28 +45,30 @@ class SanityResult:
 
 
 def _ranks(values: torch.Tensor) -> torch.Tensor:
-    """Ranks along dim 1 with ties given their average rank (as scipy's ``rankdata``)."""
+    """Ranks along dim 1 with ties given their average rank (as scipy's ``rankdata``), of
+    CPU values (in float64, which MPS lacks)."""
     n, m = values.shape
     sorted_values, order = values.sort(dim=1, stable=True)
     new = torch.ones_like(sorted_values, dtype=torch.bool)
     new[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
-    group = new.long().cumsum(1) - 1 + torch.arange(n, device=values.device)[:, None] * m
-    position = torch.arange(1, m + 1, device=values.device, dtype=torch.float64).expand(n, m)
-    mean = torch.zeros(n * m, dtype=torch.float64, device=values.device).scatter_reduce(
+    group = new.long().cumsum(1) - 1 + torch.arange(n)[:, None] * m
+    position = torch.arange(1, m + 1, dtype=torch.float64).expand(n, m)
+    mean = torch.zeros(n * m, dtype=torch.float64).scatter_reduce(
         0, group.flatten(), position.flatten(), "mean", include_self=False)
-    ranks = torch.empty(n, m, dtype=torch.float64, device=values.device)
+    ranks = torch.empty(n, m, dtype=torch.float64)
     ranks.scatter_(1, order, mean[group].view(n, m))
     return ranks
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each pair of maps (N, ...) (ties averaged, as scipy).
-    A constant map has no ranking to agree with: its correlation is 0."""
-    ra, rb = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
+    A constant map has no ranking to agree with: its correlation is 0. Computed on the
+    CPU in float64; returned on ``a``'s device."""
+    ra, rb = _ranks(a.flatten(1).cpu().double()), _ranks(b.flatten(1).cpu().double())
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     denominator = (ra.norm(dim=1) * rb.norm(dim=1))
     rho = (ra * rb).sum(1) / denominator.where(denominator > 0, 1.0)
-    return torch.where(denominator > 0, rho, 0.0).float()
+    return torch.where(denominator > 0, rho, 0.0).float().to(a.device)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, data_range: float = 1.0
@@ -74,8 +76,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, data_range: float = 
     """Mean structural similarity of each pair of maps (N, H, W), as scikit-image's
     ``structural_similarity`` with its defaults (7×7 uniform window, sample covariance,
     K1 = 0.01, K2 = 0.03, the border of half a window left out); maps smaller than the
-    window use the largest odd window that fits."""
-    x, y = a[:, None].double(), b[:, None].double()
+    window use the largest odd window that fits. Computed on the CPU in float64; returned
+    on ``a``'s device."""
+    x, y = a[:, None].cpu().double(), b[:, None].cpu().double()
     side = min(x.shape[-2:])
     window = min(window, side if side % 2 else side - 1)
 
@@ -87,7 +90,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, data_range: float = 
     vxy = cov * (mean(x * y) - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return s.mean((1, 2, 3)).float()
+    return s.mean((1, 2, 3)).float().to(a.device)
 
 
 def randomisable_layers(net: nn.Module) -> list[str]:

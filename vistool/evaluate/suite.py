@@ -44,7 +44,7 @@ def explanation_maps(model: LoadedModel | nn.Module, images: torch.Tensor, metho
 def bootstrap(values: torch.Tensor, resamples: int = 1000, seed: int = 0) -> dict:
     """Mean, standard deviation, 95% percentile-bootstrap interval and count of the finite
     values (NaNs, e.g. from empty masks, are left out; all None when none is finite)."""
-    finite = values[torch.isfinite(values)].double().cpu()
+    finite = values[torch.isfinite(values)].cpu().double()
     if finite.numel() == 0:
         return {"mean": None, "std": None, "ci95": [None, None], "n": 0}
     generator = torch.Generator().manual_seed(seed)

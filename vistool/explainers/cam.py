@@ -95,7 +95,7 @@ class _Context:
     logits: torch.Tensor
     heads: dict[str, nn.Linear | None]  # the probed GAP + linear heads; empty if not probed
     closed_form: bool  # every layer has a head: gradients in closed form
-    batch_size: int
+    batch_size: int | None
     channels: int | None
     progress: bool
 
@@ -301,7 +301,7 @@ def _ablationcam(ctx: _Context, layer: str, act: torch.Tensor) -> torch.Tensor:
                 chans = torch.arange(start, min(start + batch_size, k_channels),
                                      device=act.device)
                 ablated = act[i].expand(len(chans), -1, -1, -1).clone()
-                ablated[torch.arange(len(chans)), chans] = 0
+                ablated[torch.arange(len(chans), device=act.device), chans] = 0
                 with torch.inference_mode(), replaced_output(
                         net, layer, lambda o, a=ablated: view.from_grid(a, o)):
                     out = net(images[i].expand(len(chans), -1, -1, -1))
@@ -491,7 +491,7 @@ def explain(
     layer: str | Sequence[str] | None = None,
     topk: int | None = None,
     closed_form: bool | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     channels: int | None = None,
     progress: bool = False,
     layout: str = "auto",
@@ -512,8 +512,8 @@ def explain(
         topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
         closed_form: use the closed form of a GAP + linear head: None detects it, False
             always back-propagates, True requires it. ``cam`` always requires it.
-        batch_size: at most this many masked forwards per batch for ``scorecam`` and
-            ``ablationcam`` (:func:`vistool.inference.many_forwards_batch`).
+        batch_size: at most this many masked forwards per batch (``scorecam``, ``ablationcam``;
+            None: sized to the CPU or GPU memory, :func:`~vistool.inference.many_forwards_batch`).
         channels: ``scorecam``: only the k highest-variance channels (Faster Score-CAM).
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT): how the

@@ -36,6 +36,7 @@ __all__ = ["activation_bytes", "budget_batch", "inference_copy", "many_forwards_
 # forward pass that makes such a tensor pays a page fault per 4 KiB (measured on resnet18 at
 # 224², batch 16: 25,000 faults per batch, 10-15% of the time; none at batch 8).
 _FRESH_PAGES_ABOVE = 32 * 1024 * 1024
+_CPU_BATCH, _GPU_BATCH = 16, 256  # default caps of many_forwards_batch
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -141,14 +142,28 @@ def _layer_inputs(net: nn.Module, names: Sequence[str], sample: torch.Tensor
     return found
 
 
-def many_forwards_batch(net: nn.Module, sample: torch.Tensor, batch_size: int) -> int:
-    """The batch size for many forward passes of ``net`` on inputs like ``sample``: at most
-    ``batch_size`` and, on CPU, small enough that no activation exceeds 32 MiB (one
-    single-image forward pass measures them)."""
+def many_forwards_batch(net: nn.Module, sample: torch.Tensor, batch_size: int | None) -> int:
+    """The batch size for many forward passes of ``net`` on inputs like ``sample``, at most
+    ``batch_size`` (None: 16 on the CPU and MPS, 256 on CUDA). On the CPU, small enough
+    that no activation exceeds 32 MiB; on CUDA, small enough that the activations of one
+    batch fill at most half the device's free memory (one single-image forward pass
+    measures them)."""
+    free = free_device_bytes(sample.device)
+    if free is not None:
+        _, total = activation_bytes(net, sample)
+        return max(1, min(batch_size or _GPU_BATCH, free // 2 // max(total, 1)))
     if sample.device.type != "cpu":
-        return batch_size
+        return batch_size or _CPU_BATCH
     largest, _ = activation_bytes(net, sample)
-    return max(1, min(batch_size, _FRESH_PAGES_ABOVE // largest))
+    return max(1, min(batch_size or _CPU_BATCH, _FRESH_PAGES_ABOVE // largest))
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """The free memory of a CUDA device in bytes (None for other devices)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
 
 
 def budget_batch(net: nn.Module, sample: torch.Tensor, budget: int) -> tuple[int, int]:

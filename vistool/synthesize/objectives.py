@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.devices import DeviceConstant
 from ..core.hooks import OUTPUT
 
 __all__ = [
@@ -83,14 +84,16 @@ class Objective:
         return -1 * self
 
 
-def _per_image(channels: Channels, count: int, device) -> torch.Tensor:
-    index = torch.as_tensor(channels, device=device).long().reshape(-1)
-    return index.expand(count) if index.numel() == 1 else index
+def _indices(channels: Channels) -> DeviceConstant:
+    """The channel index (one, or one per image), copied to the device once."""
+    return DeviceConstant(torch.as_tensor(channels).long().reshape(-1))
 
 
-def _select(act: torch.Tensor, channels: Channels) -> torch.Tensor:
+def _select(act: torch.Tensor, channels: DeviceConstant) -> torch.Tensor:
     """``act[i, channels[i]]`` for every image i: (N, ...) without the channel axis."""
-    index = _per_image(channels, act.shape[0], act.device)
+    index = channels.like(act)
+    if index.numel() == 1:
+        index = index.expand(act.shape[0])
     if index.numel() != act.shape[0]:
         raise ValueError(f"{index.numel()} channels for a batch of {act.shape[0]} images")
     return act[torch.arange(act.shape[0], device=act.device), index]
@@ -98,7 +101,8 @@ def _select(act: torch.Tensor, channels: Channels) -> torch.Tensor:
 
 def channel(layer: str, channels: Channels) -> Objective:
     """Mean activation of channel ``channels[i]`` of ``layer`` over all positions."""
-    return Objective(lambda acts: _select(acts[layer], channels).flatten(1).mean(1), [layer],
+    index = _indices(channels)
+    return Objective(lambda acts: _select(acts[layer], index).flatten(1).mean(1), [layer],
                      f"channel({layer}, {channels})")
 
 
@@ -106,8 +110,10 @@ def neuron(layer: str, channels: Channels, y: int | None = None,
            x: int | None = None) -> Objective:
     """Activation of one position (default: the centre) of channel ``channels[i]``."""
 
+    index = _indices(channels)
+
     def fn(acts):
-        act = _select(acts[layer], channels)
+        act = _select(acts[layer], index)
         row = act.shape[1] // 2 if y is None else y
         col = act.shape[2] // 2 if x is None else x
         return act[:, row, col]
@@ -117,7 +123,8 @@ def neuron(layer: str, channels: Channels, y: int | None = None,
 
 def class_logit(classes: Channels) -> Objective:
     """The model's output (logit) of class ``classes[i]``."""
-    return Objective(lambda acts: _select(acts[OUTPUT], classes), [OUTPUT],
+    index = _indices(classes)
+    return Objective(lambda acts: _select(acts[OUTPUT], index), [OUTPUT],
                      f"class_logit({classes})")
 
 
@@ -130,9 +137,11 @@ def deepdream(layer: str) -> Objective:
 def direction(layer: str, vector: torch.Tensor) -> Objective:
     """Mean cosine similarity between ``layer``'s channel vectors and ``vector`` (C,)."""
 
+    constant = DeviceConstant(vector.detach())
+
     def fn(acts):
         act = acts[layer]
-        target = vector.to(act).reshape(1, -1, *([1] * (act.dim() - 2)))
+        target = constant.like(act).reshape(1, -1, *([1] * (act.dim() - 2)))
         return F.cosine_similarity(act, target, dim=1).flatten(1).mean(1)
 
     return Objective(fn, [layer], f"direction({layer})")

@@ -14,12 +14,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..core.devices import DeviceConstant
+
 __all__ = ["FourierImage", "ImageParam", "PixelImage", "make_param"]
 
 # The square root of the colour correlation of ImageNet images (Olah et al., lucid), with
 # columns scaled so that the largest has norm 1.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+_CORRELATION = DeviceConstant(COLOR_CORRELATION)
+_DECORRELATION = DeviceConstant(torch.linalg.inv(COLOR_CORRELATION.double()).float())
 
 
 class ImageParam(nn.Module):
@@ -35,14 +39,14 @@ class ImageParam(nn.Module):
 
     def _to_rgb(self, values: torch.Tensor) -> torch.Tensor:
         if self.decorrelate:
-            matrix = COLOR_CORRELATION.to(values)
+            matrix = _CORRELATION.like(values)
             values = torch.einsum("nchw,dc->ndhw", values, matrix)
         return torch.sigmoid(values)
 
     def _from_rgb(self, images: torch.Tensor) -> torch.Tensor:
         values = torch.logit(images.clamp(1e-4, 1 - 1e-4))
         if self.decorrelate:
-            inverse = torch.linalg.inv(COLOR_CORRELATION.double()).to(values)
+            inverse = _DECORRELATION.like(values)
             values = torch.einsum("nchw,dc->ndhw", values, inverse)
         return values
 

@@ -92,11 +92,17 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
     Args:
         features: a batch of feature maps (N, C, H, W).
+
+    Always in float32 (or float64 for float64 features), also under autocast: a sum over
+    H·W products overflows float16 at 256² and loses digits in bfloat16.
     """
     n, c, h, w = features.shape
+    if features.dtype not in (torch.float32, torch.float64):
+        features = features.float()
     flat = features.reshape(n, c, h * w)
-    # One matrix product per image: on a CPU torch's mm is up to 1.6x faster than bmm here.
-    return torch.stack([f @ f.T for f in flat]) / (c * h * w)
+    with torch.autocast(features.device.type, enabled=False):
+        # One matrix product per image: on a CPU torch's mm is up to 1.6x faster than bmm.
+        return torch.stack([f @ f.T for f in flat]) / (c * h * w)
 
 
 def paper_layer_names(model: nn.Module) -> dict[str, str]:
@@ -165,13 +171,20 @@ def layer_features(model: nn.Module, inputs: torch.Tensor,
         if "too small" not in str(exc):
             raise
         raise VistoolError(f"an image of {inputs.shape[-2]}x{inputs.shape[-1]} pixels is too "
-                           "small for the deepest layer; give a larger --size or "
-                           "--scales") from None
+                           "small for the deepest layer; give larger images or "
+                           "`scales`") from None
 
 
-def _covariance_sqrt(pixels: torch.Tensor, inverse: bool) -> torch.Tensor:
-    centred = pixels - pixels.mean(1, keepdim=True)
-    values, vectors = torch.linalg.eigh(centred @ centred.T / pixels.shape[1])
+def _colour_statistics(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (3, 1) on the pixels' device and covariance (3, 3) on the CPU in float64 of
+    pixels (3, P)."""
+    mean = pixels.mean(1, keepdim=True)
+    centred = pixels - mean
+    return mean, (centred @ centred.T / pixels.shape[1]).cpu().double()
+
+
+def _covariance_sqrt(covariance: torch.Tensor, inverse: bool) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(covariance)
     power = -0.5 if inverse else 0.5
     return vectors @ torch.diag(values.clamp(min=1e-10) ** power) @ vectors.T
 
@@ -184,10 +197,11 @@ def match_color(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         source: (1, 3, h, w) in [0, 1], e.g. a style image.
         target: (1, 3, H, W) in [0, 1] whose colour statistics to take, e.g. the content.
     """
-    src = source[0].reshape(3, -1).double()
-    dst = target[0].reshape(3, -1).double().to(src.device)
-    matrix = _covariance_sqrt(dst, inverse=False) @ _covariance_sqrt(src, inverse=True)
-    out = matrix @ (src - src.mean(1, keepdim=True)) + dst.mean(1, keepdim=True)
+    src = source[0].reshape(3, -1).float()
+    dst = target[0].reshape(3, -1).to(src)
+    (src_mean, src_cov), (dst_mean, dst_cov) = _colour_statistics(src), _colour_statistics(dst)
+    matrix = _covariance_sqrt(dst_cov, inverse=False) @ _covariance_sqrt(src_cov, inverse=True)
+    out = matrix.to(src) @ (src - src_mean) + dst_mean
     return out.reshape(source.shape).to(source.dtype).clamp(0, 1)
 
 

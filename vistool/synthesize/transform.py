@@ -72,7 +72,10 @@ class Transforms:
         """Transform ``images`` (N, C, H, W), image ``i`` with ``generators[i]``."""
         if self.identity:
             return images
-        theta = self.matrices(images.shape[2:], generators).to(images.device, images.dtype)
+        theta = self.matrices(images.shape[2:], generators)  # drawn on the CPU generators
+        if images.device.type == "cuda":  # from pinned memory the copy does not block
+            theta = theta.pin_memory()
+        theta = theta.to(images.device, images.dtype, non_blocking=True)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         moved = F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)
