@@ -442,6 +442,7 @@ def test_the_server_passes_its_settings_to_the_app(tmp_path, monkeypatch):
     assert flags["--client.toolbarMode"] == "minimal"
     assert flags["--browser.gatherUsageStats"] == "false"
     assert flags["--server.headless"] == "true"
+    assert flags["--server.maxUploadSize"] == "20"  # the app's limit, not Streamlit's 200 MB
     assert main(["dashboard", "--headless", "--no-token"]) == 0
     assert "VISTOOL_DASHBOARD_TOKEN" not in os.environ
     assert os.environ["VISTOOL_DASHBOARD_ALLOW_CODE"] == "0"

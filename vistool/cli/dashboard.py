@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import math
 import os
 import secrets
 import sys
@@ -132,11 +133,15 @@ def start_line(host: str, port: int, token: str | None) -> str:
 
 def streamlit_flags(args: argparse.Namespace) -> list[str]:
     """Streamlit's options: the address, no Deploy button, no usage statistics, no file
-    watcher, no welcome banner (the start-up line gives the URL), no browser of its own."""
+    watcher, no welcome banner (the start-up line gives the URL), no browser of its own,
+    and Streamlit's upload limit at the app's (its own endpoint takes uploads from any
+    session, also one that has not shown the token)."""
+    upload_mb = max(1, math.ceil(float(os.environ.get("VISTOOL_DASHBOARD_MAX_UPLOAD_MB",
+                                                      "20"))))
     return ["--server.address", args.host, "--server.port", str(args.port),
             "--server.headless", "true", "--server.fileWatcherType", "none",
             "--client.toolbarMode", "minimal", "--browser.gatherUsageStats", "false",
-            "--logger.hideWelcomeMessage", "true"]
+            "--logger.hideWelcomeMessage", "true", "--server.maxUploadSize", str(upload_mb)]
 
 
 def _open_browser_when_up(url: str, port: int, timeout: float = 60) -> None:
