@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainers.recipes import RECIPES
@@ -85,11 +86,14 @@ def test_the_comparisons_see_a_difference(dry_run, tmp_path):
     run = _kept(out, report, "train lenet-digits")
     changed = tmp_path / "run"
     shutil.copytree(run, changed)
-    rows = [json.loads(line) for line in (changed / "metrics.jsonl").read_text().splitlines()]
-    rows[-1]["train_loss"] *= 1.5
-    (changed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert check._loss_difference(run, run) == 0
-    assert check._loss_difference(run, changed) == pytest.approx(1 / 3)
+    state = torch.load(changed / "last-state.pt", weights_only=True)
+    state["initial"]["val_loss"] *= 1.5
+    torch.save(state, changed / "last-state.pt")
+    assert check._training_difference(run, run) == 0
+    assert check._training_difference(run, changed) == pytest.approx(1 / 3)
+    state["history"][-1]["train_loss"] = float("nan")  # a diverged run differs by inf
+    torch.save(state, changed / "last-state.pt")
+    assert check._training_difference(run, changed) == float("inf")
 
     evaluation = _kept(out, report, "evaluate")
     assert check._results_difference(evaluation, evaluation) == 0

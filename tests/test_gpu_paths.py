@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -113,6 +114,15 @@ def test_impossible_device_choices_are_one_clear_error(monkeypatch, gpus, world,
     assert cuda.events == []
 
 
+def test_several_processes_without_a_local_rank_are_refused(monkeypatch):
+    """Launchers other than torchrun: every rank would take cuda:0 (nccl: duplicate GPU)."""
+    FakeCuda(monkeypatch, 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ModelError, match="LOCAL_RANK is not set"):
+        devices.start_processes("auto")
+
+
 def test_resolve_device_always_names_the_gpu_index(monkeypatch):
     FakeCuda(monkeypatch, 2)
     assert devices.resolve_device("auto") == torch.device("cuda", 0)
@@ -128,12 +138,13 @@ def test_training_and_streaming_choose_devices_through_start_processes():
         assert "init_process_group(" not in source and "environ" not in source, path
 
 
-def test_cudnn_benchmark_for_cuda_training(monkeypatch):
+def test_cudnn_benchmark_for_cuda_training_and_back_after(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    loop._tune_backends(torch.device("cpu"))
+    with loop._tuned_backends(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark is False
+    with loop._tuned_backends(torch.device("cuda", 0)):
+        assert torch.backends.cudnn.benchmark is True
     assert torch.backends.cudnn.benchmark is False
-    loop._tune_backends(torch.device("cuda", 0))
-    assert torch.backends.cudnn.benchmark is True
 
 
 # --- AMP ---------------------------------------------------------------------------------------
@@ -148,7 +159,8 @@ def test_amp_uses_fp16_with_a_scaler_where_bf16_is_only_emulated(monkeypatch, na
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: emulated if including_emulation
                         else native)
-    with pytest.warns(UserWarning, match="CUDA is not available") if scaled else nullcontext():
+    with warnings.catch_warnings():  # without CUDA the scaler warns that it is disabled
+        warnings.simplefilter("ignore")
         _, scaler = loop._autocast_factory(torch.device("cuda", 0), amp=True)
     assert (scaler is not None) == scaled
 
@@ -339,7 +351,8 @@ def two_ranks(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                    str(script), str(out)], check=True, env=env, capture_output=True, cwd=ROOT)
+                    str(script), str(out)], check=True, env=env, capture_output=True, cwd=ROOT,
+                   timeout=600)
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -413,8 +426,37 @@ def test_interpolation_runs_on_the_codes_device():
     assert generative.slerp(a, b, torch.linspace(0, 1, 3)).device.type == "meta"
 
 
+def test_slerp_of_antiparallel_codes_of_different_norms_is_linear():
+    """float32's arccos of a cosine near -1 is far from pi: the old test missed the
+    (anti)parallel case and divided by a tiny sine."""
+    from vistool.generative import slerp
+
+    for seed in range(50):
+        a = torch.randn(1, 64, generator=torch.Generator().manual_seed(seed))
+        t = torch.linspace(0, 1, 5)
+        torch.testing.assert_close(slerp(a, -2 * a, t), (1 - t)[:, None] * a - 2 * t[:, None] * a,
+                                   rtol=1e-5, atol=1e-5)
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])  # a quarter circle
+    torch.testing.assert_close(slerp(a, b, torch.tensor([0.5])),
+                               torch.tensor([[0.5 ** 0.5, 0.5 ** 0.5]]))
+
+
+def test_a_device_constant_first_used_in_inference_mode_still_serves_autograd():
+    from vistool.core.devices import DeviceConstant
+
+    constant = DeviceConstant([1.0, 2.0])
+    with torch.inference_mode():
+        constant.like(torch.zeros(2))
+    x = torch.ones(2, requires_grad=True)
+    (x * constant.like(x)).sum().backward()
+    assert x.grad.tolist() == [1.0, 2.0]
+    constant.like(x).mul_(0)  # the copies are copies: the CPU value stays
+    assert constant.value.tolist() == [1.0, 2.0]
+
+
 def test_feature_visualisation_constants_go_to_the_device_once():
     from vistool.synthesize import objectives
+    from vistool.synthesize import param as param_module
     from vistool.synthesize.param import PixelImage
 
     acts = {"layer": torch.zeros(2, 4, 3, 3, device="meta")}
@@ -423,6 +465,7 @@ def test_feature_visualisation_constants_go_to_the_device_once():
     param = PixelImage((3, 8, 8), [torch.Generator().manual_seed(i) for i in range(2)],
                        decorrelate=True)
     values = torch.zeros(2, 3, 8, 8, device="meta")
+    param_module._CORRELATION._copies.clear()  # copies of earlier tests in this process
     with HostCopies() as first:
         objective(acts)
         param._to_rgb(values)

@@ -26,6 +26,7 @@ them. There is no framework underneath.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import sys
@@ -166,6 +167,11 @@ class _Run:
     val_sharded: bool = False
 
     @property
+    def pinned(self) -> bool:
+        """The loaders pin their batches (CUDA): copies to the device need not block."""
+        return self.device.type == "cuda"
+
+    @property
     def main(self) -> bool:
         """Only the first process logs and writes."""
         return self.rank == 0
@@ -207,20 +213,21 @@ def train(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         _resume(run)
-    if run.start_epoch == 1:  # the untrained model's validation metrics, for comparison
-        run.initial = _validate(run)
-    for epoch in range(run.start_epoch, config.epochs + 1):
-        metrics = _run_epoch(run, epoch)
-        run.history.append(metrics)
-        better = _improves(task, metrics, run.best)
-        if better:
-            run.best = metrics
-        rng = _rng_states(run)  # every process's generators, for the state file
-        if run.main:
-            _save_state(run, epoch, rng)  # everything --resume needs, in one file
-            _save_outputs(run, epoch, metrics, better)
-        if run.world > 1:
-            dist.barrier()
+    with _tuned_backends(run.device):
+        if run.start_epoch == 1:  # the untrained model's validation metrics, for comparison
+            run.initial = _validate(run)
+        for epoch in range(run.start_epoch, config.epochs + 1):
+            metrics = _run_epoch(run, epoch)
+            run.history.append(metrics)
+            better = _improves(task, metrics, run.best)
+            if better:
+                run.best = metrics
+            rng = _rng_states(run)  # every process's generators, for the state file
+            if run.main:
+                _save_state(run, epoch, rng)  # everything --resume needs, in one file
+                _save_outputs(run, epoch, metrics, better)
+            if run.world > 1:
+                dist.barrier()
     task.model.eval()
     if run.main:
         _write_manifest(run, data)
@@ -234,7 +241,6 @@ def _setup(task: Task, data: DataSpec, config: TrainConfig, out_dir: Path,
     if config.batch_size % world:
         raise VistoolError(f"--batch-size {config.batch_size} is not divisible by the "
                            f"{world} processes")
-    _tune_backends(device)
     torch.manual_seed(rank_seed(config.seed, rank))
     channels_last = _place_model(task, device, world, config.channels_last)
     optimizers = task.build_optimizers()
@@ -255,11 +261,17 @@ def _steps_per_epoch(loader: DataLoader, config: TrainConfig) -> int:
     return min(len(loader), config.limit_batches or len(loader))
 
 
-def _tune_backends(device: torch.device) -> None:
+@contextlib.contextmanager
+def _tuned_backends(device: torch.device):
     """The book's models train on inputs of one size: on CUDA, let cuDNN time its kernels
-    once and keep the fastest."""
+    once and keep the fastest (the setting comes back afterwards)."""
+    before = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _place_model(task: Task, device: torch.device, world: int,
@@ -359,15 +371,17 @@ def _restore_rng(run: _Run, state: dict[str, Any]) -> None:
 
 
 def _average_buffers(run: _Run) -> None:
-    """Average the floating-point buffers (batch-norm running statistics) over the
-    processes: DDP does not broadcast them (see the module docstring)."""
+    """Average the batch-norm running statistics over the processes: DDP does not
+    broadcast them (see the module docstring)."""
     if run.world == 1:
         return
     with torch.no_grad():
-        for buffer in run.task.model.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer)
-                buffer /= run.world
+        for module in run.task.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and \
+                    module.running_mean is not None:
+                for buffer in (module.running_mean, module.running_var):
+                    dist.all_reduce(buffer)
+                    buffer /= run.world
 
 
 def _validate(run: _Run) -> dict[str, float]:
@@ -417,11 +431,9 @@ def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
     bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{run.config.epochs}", leave=False,
                total=_steps_per_epoch(run.train_loader, run.config),
                disable=not (run.config.progress and run.main), file=sys.stderr)
-    for index, (x, y) in enumerate(bar):
-        if index == _steps_per_epoch(run.train_loader, run.config):
-            break
-        x = x.to(run.device, non_blocking=True)
-        y = y.to(run.device, non_blocking=True)
+    for x, y in itertools.islice(bar, _steps_per_epoch(run.train_loader, run.config)):
+        x = x.to(run.device, non_blocking=run.pinned)
+        y = y.to(run.device, non_blocking=run.pinned)
         if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if run.sample_batch is None:
@@ -437,6 +449,7 @@ def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
         step_losses.append(values["loss"])
         if not bar.disable and len(step_losses) % _POSTFIX_EVERY == 1:
             bar.set_postfix(loss=f"{float(values['loss']):.4f}")
+    bar.close()
     means = torch.stack([totals[k] / counts[k] for k in totals]).tolist()
     return dict(zip(totals, means)), torch.stack(step_losses).tolist()
 

@@ -44,7 +44,9 @@ class Task:
         """One optimisation step; forward passes run under ``autocast()``, ``backward(loss,
         optimizer)`` outside it (as torch.amp recommends). Returns the step's values
         (``loss`` and any parts) as detached 0-dim tensors on the device: reading them
-        would make the host wait for the GPU, so the loop does that once per epoch."""
+        would make the host wait for the GPU, so the loop does that once per epoch.
+        ``backward`` may be called at most once per optimiser: the loop updates the fp16
+        gradient scaler once per iteration, after every optimiser stepped."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -92,7 +94,7 @@ class ClassifierTask(Task):
         loss_sum = _total(device)
         correct, count = torch.zeros((), device=device, dtype=torch.long), 0
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device), y.to(device)
             with autocast():
                 logits = self.model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")

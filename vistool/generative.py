@@ -93,12 +93,14 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of each row pair of ``a`` and ``b`` (flattened) at the
     fractions ``t`` (T,): (T, *a.shape[1:]) for one pair. Along the great circle when
     the norms are equal (the norm stays), linear where the vectors are (anti)parallel.
-    Computed in float32 on the codes' device, without waiting for it (``t`` may live
-    anywhere)."""
-    u, v = a.flatten().float(), b.flatten().to(a.device, torch.float32)
-    cos = (u @ v / (u.norm() * v.norm()).clamp_min(1e-12)).clamp(-1, 1)
-    omega = torch.arccos(cos)
-    t = t.to(a.device, torch.float32)[:, None]
+    Computed on the codes' device (float32, float64 for float64 codes) without waiting for
+    it (``t`` may live anywhere); the angle by Kahan's formula, accurate also near 0 and
+    pi where arccos of the cosine is not."""
+    dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    u, v = a.flatten().to(dtype), b.flatten().to(a.device, dtype)
+    un, vn = u / u.norm().clamp_min(1e-12), v / v.norm().clamp_min(1e-12)
+    omega = 2 * torch.atan2((un - vn).norm(), (un + vn).norm())
+    t = t.to(a.device, dtype)[:, None]
     sin = omega.sin()
     parallel = sin.abs() < 1e-6
     linear = (1 - t) * u + t * v

@@ -78,6 +78,10 @@ def start_processes(device: str | torch.device | None = "auto"
     group starts (so no process opens a context on GPU 0), and the group is started with
     the device's backend."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and "LOCAL_RANK" not in os.environ:
+        raise ModelError(f"WORLD_SIZE is {world} but LOCAL_RANK is not set: start the "
+                         "processes with torchrun (or set LOCAL_RANK, each process's index "
+                         "on its host)")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = process_device(device, local_rank, world)
     if dev.type == "cuda":
@@ -86,8 +90,9 @@ def start_processes(device: str | torch.device | None = "auto"
         return 0, 1, dev
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group(process_group_backend(dev))
+    if not dist.is_initialized():  # nccl is bound to this process's GPU from the start
+        dist.init_process_group(process_group_backend(dev),
+                                device_id=dev if dev.type == "cuda" else None)
     return dist.get_rank(), world, dev
 
 
@@ -128,6 +133,7 @@ class DeviceConstant:
                  else self.value.dtype)
         key = (tensor.device, dtype)
         copy = self._copies.get(key)
-        if copy is None:
-            copy = self._copies[key] = self.value.to(tensor.device, dtype)
+        if copy is None:  # a normal tensor (not an inference one), not the CPU original
+            with torch.inference_mode(False):
+                copy = self._copies[key] = self.value.to(tensor.device, dtype, copy=True)
         return copy

@@ -163,7 +163,8 @@ def free_device_bytes(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    # and what torch's caching allocator holds without using it
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
 
 def budget_batch(net: nn.Module, sample: torch.Tensor, budget: int) -> tuple[int, int]:

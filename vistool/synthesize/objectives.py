@@ -137,7 +137,7 @@ def deepdream(layer: str) -> Objective:
 def direction(layer: str, vector: torch.Tensor) -> Objective:
     """Mean cosine similarity between ``layer``'s channel vectors and ``vector`` (C,)."""
 
-    constant = DeviceConstant(vector.detach())
+    constant = DeviceConstant(vector.detach().clone())
 
     def fn(acts):
         act = acts[layer]

@@ -72,10 +72,11 @@ class Transforms:
         """Transform ``images`` (N, C, H, W), image ``i`` with ``generators[i]``."""
         if self.identity:
             return images
-        theta = self.matrices(images.shape[2:], generators)  # drawn on the CPU generators
-        if images.device.type == "cuda":  # from pinned memory the copy does not block
-            theta = theta.pin_memory()
-        theta = theta.to(images.device, images.dtype, non_blocking=True)
+        theta = self.matrices(images.shape[2:], generators).to(images.dtype)  # CPU generators
+        cuda = images.device.type == "cuda"
+        if cuda:  # from pinned memory the copy does not block (MPS: no pinned memory, and a
+            theta = theta.pin_memory()  # non-blocking copy from pageable memory is unsafe)
+        theta = theta.to(images.device, non_blocking=cuda)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         moved = F.grid_sample(images - 0.5, grid, mode="bilinear", padding_mode="zeros",
                               align_corners=False)
