@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import os
+import sys
+from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -43,6 +48,32 @@ def rgb_file(tmp_path):
     return path
 
 
+ROOT = Path(__file__).resolve().parents[1]
+# The reference implementations the tests compare with (pytorch-grad-cam, torch-cam, Quantus):
+# `make test` installs them, pinned and without their dependencies, into .venv/peers.
+PEERS = Path(sys.prefix) / "peers"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test, saying why; under ``CI=true`` fail with the reason instead: in CI every
+    test runs, and a test that cannot is an error of the machine's setup."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_peer(module: str):
+    """Import a reference implementation from ``.venv/peers`` (appended to ``sys.path``, so
+    the project's own packages win), or skip (fail under ``CI=true``) saying it is missing."""
+    if PEERS.is_dir() and str(PEERS) not in sys.path:
+        sys.path.append(str(PEERS))
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing(f"the peer {module!r} cannot be imported ({error}); `make test` (or `make "
+                f"peers`) installs it into {PEERS}")
+
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per worker: the workers share the cores
 
@@ -58,10 +89,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# What the trained shapes model depends on: the trainers (models, loop, recipes) and vistool's
+# shapes generator and checkpoint format. The cache is keyed on their source.
+SHAPES_SOURCES = ("trainers", "vistool/data", "vistool/core/checkpoint.py")
+
+
+def shapes_cache_key(root: Path = ROOT) -> str:
+    """A digest of the sources the trained shapes model depends on (and torch's version)."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in SHAPES_SOURCES:
+        path = root / source
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
 def trained_shapes(tmp_path_factory):
-    """The shapes-cnn recipe trained once per test session, shared by the xdist workers
-    (a file lock makes one of them train and the others wait for it).
+    """The shapes-cnn recipe trained once, shared by the xdist workers (a file lock makes one
+    of them train and the others wait for it) and, outside xdist, by later sessions: the
+    folder is keyed on :func:`shapes_cache_key`, so a change to the trainers, the recipe or
+    the shapes generator trains afresh.
 
     Returns ``(checkpoint_path, best_metrics)``.
     """
@@ -71,7 +120,7 @@ def trained_shapes(tmp_path_factory):
 
     from trainers.recipes import run_recipe
 
-    root = tmp_path_factory.getbasetemp().parent / "trained-shapes-cnn"
+    root = tmp_path_factory.getbasetemp().parent / f"trained-shapes-cnn-{shapes_cache_key()}"
     root.mkdir(exist_ok=True)
     with FileLock(str(root) + ".lock"):
         done = root / "metrics.json"

@@ -1,14 +1,17 @@
-"""The CAM family: exact values on a hand-weighted model, agreement with captum, the
-closed-form fast path, batching, top-k, targets, and model-state restoration."""
+"""The CAM family: exact values on a hand-weighted model, agreement with captum,
+pytorch-grad-cam and torch-cam, the closed-form fast path, batching, top-k, targets, and
+model-state restoration."""
 
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import require_peer
 from torch import nn
 
 from vistool import TargetError, VistoolError
@@ -148,6 +151,68 @@ def test_guided_gradcam_equals_captum():
                                                              target=7)
     assert (ours - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
     assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
+
+
+# The peers' classes for our methods: pytorch-grad-cam follows the papers' formulas for all
+# three; torch-cam's Grad-CAM++ is left out (its alpha's division is a no-op on a copy, so its
+# weights are sum(relu(G) * G²): not the paper's).
+GRAD_CAM_PEERS = {"gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+TORCH_CAM_PEERS = {"xgradcam": "XGradCAM", "layercam": "LayerCAM"}
+
+
+@pytest.fixture(scope="module")
+def peer_resnet():
+    """A random resnet18 and a 128² batch, each image's two top classes explained at layer3
+    (8²: gradients vary in space, the generic path) and layer4 (4²: the closed form)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        return model, x, model(x).topk(2, 1).indices
+
+
+def _not_flat(maps: torch.Tensor) -> None:
+    """Every map has a positive peak and is not constant (a zero map would agree with any)."""
+    flat = maps.flatten(1)
+    assert (flat.amax(1) > 0).all() and (flat.amax(1) > flat.amin(1)).all(), flat.amax(1)
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+@pytest.mark.parametrize("method", list(GRAD_CAM_PEERS))
+def test_gradient_cams_equal_pytorch_grad_cam(peer_resnet, method, layer):
+    gc = require_peer("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model, x, top = peer_resnet
+    for targets in top.T:
+        ours = explain(model, x, method, targets=targets, layer=layer)
+        assert ours.closed_form == (layer == "layer4")
+        raw = ours.raw[layer]
+        _not_flat(raw)
+        with getattr(gc, GRAD_CAM_PEERS[method])(model, [model.get_submodule(layer)]) as peer:
+            theirs = peer(x, [ClassifierOutputTarget(int(t)) for t in targets])  # (N, H, W)
+        _not_flat(torch.from_numpy(theirs))
+        # their pipeline after the method's map: ReLU, min-max scaling, cv2's resize, scaling
+        expected = scale_cam_image(scale_cam_image(raw.numpy(), tuple(x.shape[:1:-1])))
+        np.testing.assert_allclose(expected, theirs, rtol=0, atol=2e-5)
+        assert (ours.maps - torch.from_numpy(theirs)).abs().max() < 0.05  # resize, then scale
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+@pytest.mark.parametrize("method", list(TORCH_CAM_PEERS))
+def test_gradient_cams_equal_torch_cam(peer_resnet, method, layer):
+    methods = require_peer("torchcam.methods")
+    model, x, top = peer_resnet
+    for targets in top.T:
+        ours = explain(model, x, method, targets=targets, layer=layer)
+        _not_flat(ours.raw[layer])
+        with getattr(methods, TORCH_CAM_PEERS[method])(model, target_layer=layer,
+                                                       input_shape=x.shape[1:]) as peer:
+            scores = model(x)
+            theirs = peer(targets.tolist(), scores)[0].detach()  # layer resolution, scaled
+        _not_flat(theirs)
+        torch.testing.assert_close(normalize(ours.raw[layer]), theirs, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",

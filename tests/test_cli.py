@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from trainers.models import get_model
-from vistool import activations, load_model
+from vistool import activations, attribute, load_image, load_model
 from vistool.cli import main
 from vistool.core.checkpoint import save_checkpoint
 
@@ -220,3 +220,13 @@ def test_attribute_writes_raw_input_attributions(capsys, tmp_path, shapes_ckpt, 
     assert meta["options"]["smooth"] == 2
     assert len(meta["outputs"]) == 2
     assert np.load(out_dir / meta["outputs"][0]["raw"][0]).shape == (3, 32, 32)
+    # the saved values are the library's for the same images, options and seed
+    loaded = load_model(str(shapes_ckpt), device="cpu")
+    x = torch.stack([loaded.transform(load_image(images / name))
+                     for name in ("one.png", "two.jpg")])
+    expected = attribute(loaded, x, "saliency", smooth=2, seed=3)
+    assert expected.raw.abs().amax((1, 2, 3)).min() > 0  # not blank
+    for i, saved in enumerate(meta["outputs"]):
+        assert saved["target"] == int(expected.targets[i])
+        np.testing.assert_allclose(np.load(out_dir / saved["raw"][0]), expected.raw[i].numpy(),
+                                   rtol=1e-5, atol=1e-7)

@@ -3,7 +3,8 @@ port and driven with Playwright through the system Chromium (headless). Screensh
 stage are written to ``test-artifacts/dashboard/`` at the repository root.
 
 Needs the ``playwright`` package (the ``dev`` extra) and Debian's ``chromium`` (``make test``
-installs it when it can); without either the test skips, saying which is missing.
+installs it when it can); without either the test skips, saying which is missing (and why apt
+could not install chromium), and under ``CI=true`` it fails instead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, missing
 from dashboard_helpers import free_port, small_checkpoint, wait_until_healthy
 from PIL import Image
 
@@ -48,8 +50,8 @@ def _chromium() -> str | None:
 
 @pytest.fixture
 def dashboard(tmp_path):
-    """The URL of ``vistool dashboard --model <small checkpoint>`` served on 127.0.0.1; the
-    server is stopped with SIGTERM afterwards."""
+    """The URL (with the token it printed) of ``vistool dashboard --model <small checkpoint>``
+    served on 127.0.0.1; the server is stopped with SIGTERM afterwards."""
     model = small_checkpoint(tmp_path / "shapes.safetensors", ["circle", "square", "triangle"])
     port = free_port()
     log = tmp_path / "dashboard.log"
@@ -63,7 +65,9 @@ def dashboard(tmp_path):
             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
     try:
         wait_until_healthy(proc, port, log)
-        yield f"http://127.0.0.1:{port}/", log
+        from dashboard_helpers import start_line
+
+        yield re.search(r"open (\S+)$", start_line(log)).group(1), log  # with its token
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -78,12 +82,16 @@ def browser():
     """Headless system Chromium through Playwright (skips when either is missing)."""
     try:
         from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install -e '.[dev]')")
+    except ImportError as error:
+        missing(f"the playwright package cannot be imported ({error}); pip install -e '.[dev]'")
     executable = _chromium()
     if executable is None:
-        pytest.skip("no chromium executable (Debian: apt-get install chromium; `make test` "
-                    "installs it when run as root)")
+        apt = ROOT / ".venv" / "apt-chromium.log"  # `make test`'s attempt to install it
+        tail = ("; apt-get's output ended:\n" + "\n".join(apt.read_text(errors="replace")
+                                                          .splitlines()[-15:])
+                if apt.is_file() else "")
+        missing("no chromium executable (Debian: apt-get install chromium; `make test` "
+                f"installs it when run as root){tail}")
     with sync_playwright() as driver:
         launched = driver.chromium.launch(executable_path=executable, headless=True,
                                           args=CHROMIUM_ARGS)
@@ -103,6 +111,23 @@ def _settle(page, timeout: float = TIMEOUT_MS) -> None:
 
 def _png(image) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), dtype=np.float64)
+
+
+def _heat_of_overlay(overlay: np.ndarray, image: np.ndarray, alpha: float = 0.5,
+                     colormap: str = "jet") -> tuple[np.ndarray, float]:
+    """The heat (0..255) of each pixel of ``overlay = (1 - alpha) image + alpha colormap(heat)``
+    and the median distance (0..255 per channel) of the recovered colour from the colormap;
+    both pictures are brought to 32² first (the page scales them)."""
+    from matplotlib import colormaps
+
+    def small(a):
+        return np.asarray(Image.fromarray(a.clip(0, 255).astype(np.uint8)).resize(
+            (32, 32), Image.Resampling.BOX), dtype=np.float64)
+
+    colour = (small(overlay) - (1 - alpha) * small(image)) / alpha  # (32, 32, 3)
+    lut = colormaps[colormap](np.linspace(0, 1, 256))[:, :3] * 255  # (256, 3)
+    distance = np.linalg.norm(colour[:, :, None] - lut, axis=-1)  # (32, 32, 256)
+    return distance.argmin(-1), float(np.median(distance.min(-1)) / np.sqrt(3))
 
 
 def _shot(page, name: str) -> None:
@@ -147,7 +172,8 @@ def test_dashboard_in_a_browser_shows_a_cam_and_follows_the_channel_slider(brows
         assert sample.shape != uploaded.shape or np.abs(sample - uploaded).mean() > 1, \
             "the input did not change to the uploaded image"
 
-        # Class activation maps: the gradcam overlay is there and not blank.
+        # Class activation maps: the gradcam overlay is the input under the colour map of a
+        # map that varies (a blank or constant map would give one colour over the input).
         page.get_by_role("tab", name="Class activation maps").click()
         panel = page.get_by_role("tabpanel", name="Class activation maps")
         overlay = panel.locator('[data-testid="stImage"]').filter(
@@ -158,7 +184,10 @@ def test_dashboard_in_a_browser_shows_a_cam_and_follows_the_channel_slider(brows
         _shot(page, "03-cam-tab")
         pixels = _png(shot)
         assert pixels.shape[0] > 32 and pixels.shape[1] > 32, pixels.shape
-        assert pixels.var() > 100, f"the gradcam overlay looks blank (variance {pixels.var()})"
+        heat, off = _heat_of_overlay(pixels, uploaded)
+        assert off < 20, f"the overlay is not the input under jet colours (off by {off:.0f})"
+        assert np.percentile(heat, 95) - np.percentile(heat, 5) > 64, \
+            f"the gradcam map under the overlay is flat (heat {heat.min()}..{heat.max()})"
 
         # Activations: moving the Channel slider changes the large view and its caption.
         page.get_by_role("tab", name="Activations").click()
@@ -194,6 +223,99 @@ def test_dashboard_in_a_browser_shows_a_cam_and_follows_the_channel_slider(brows
         assert a.shape != b.shape or np.abs(a - b).mean() > 1, "the large view did not change"
     except Exception:
         _shot(page, "99-failure")
+        print(log.read_text())
+        raise
+    finally:
+        page.close()
+
+
+@pytest.fixture
+def served_with_token(tmp_path):
+    """``vistool dashboard`` as an operator starts it (default host, a random token) on
+    ``probe.py:build`` with a small checkpoint's weights; importing ``probe.py`` writes the
+    marker ``imported``. Yields the tmp folder, the start-up line and the log."""
+    from dashboard_helpers import start_line, stop
+
+    model = small_checkpoint(tmp_path / "shapes.safetensors", ["circle", "square", "triangle"])
+    (tmp_path / "probe.py").write_text(
+        "from pathlib import Path\nPath(__file__).with_name('imported').write_text('yes')\n"
+        "from vistool.core.registry import get_model\n\ndef build():\n"
+        "    return get_model('shapes_cnn', num_classes=3, width=4)\n")
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("STREAMLIT_SERVER_ADDRESS", "VISTOOL_DASHBOARD_TOKEN")}
+    env["VISTOOL_CACHE"] = str(tmp_path / "cache")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vistool", "dashboard", "--headless", "--port", str(port),
+             "--model", "probe.py:build", "--checkpoint", str(model)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        wait_until_healthy(proc, port, log)
+        yield tmp_path, start_line(log), log
+    finally:
+        stop(proc)
+
+
+def test_dashboard_in_a_browser_wants_the_token_and_runs_no_uploaded_pickle(browser,
+                                                                           served_with_token):
+    import torch
+
+    tmp_path, line, log = served_with_token
+    url = re.search(r"open (\S+)$", line).group(1)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/\?token=[\w-]{32,}", url), line
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        # Without the token: the prompt only; the model's code was never imported.
+        page.goto(url.split("?")[0])
+        page.get_by_text("needs its access token").wait_for()
+        _settle(page)
+        _shot(page, "10-token-prompt")
+        assert page.get_by_role("tab").count() == 0
+        assert page.locator('[data-testid="stSidebar"]').count() == 0
+        assert not (tmp_path / "imported").exists()
+        assert page.get_by_text("Deploy", exact=True).count() == 0
+
+        # The URL printed at start-up: the dashboard, and the CAM tab draws its overlay.
+        page.goto(url)
+        page.get_by_role("tab", name="Class activation maps").click()
+        panel = page.get_by_role("tabpanel", name="Class activation maps")
+        overlay = panel.locator('[data-testid="stImage"]').filter(
+            has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^gradcam")))
+        overlay.first.locator("img").wait_for()
+        _settle(page)
+        _shot(page, "11-token-cam")
+        pixels = _png(overlay.first.locator("img").screenshot())
+        assert pixels.shape[0] > 32 and pixels.shape[1] > 32, pixels.shape
+        assert (tmp_path / "imported").exists()
+        assert page.get_by_text("Deploy", exact=True).count() == 0
+
+        # An uploaded pickle whose unpickling would write a marker: refused, never run.
+        marker = tmp_path / "pwned"
+
+        class Payload:
+            def __reduce__(self):
+                return os.system, (f"touch {marker}",)
+
+        evil = tmp_path / "upload" / "evil.pt"
+        evil.parent.mkdir()
+        torch.save({"weight": torch.zeros(2), "payload": Payload()}, evil)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+            has=page.get_by_text("…or upload a checkpoint", exact=True))
+        uploader.locator('input[type="file"]').set_input_files(str(evil))
+        error = page.locator('[data-testid="stAlertContentError"]')
+        error.first.wait_for()
+        _settle(page)
+        _shot(page, "12-uploaded-pickle")
+        assert error.count() == 1
+        assert "could not be loaded safely" in error.first.inner_text()
+        assert not marker.exists()
+    except Exception:
+        _shot(page, "99-token-failure")
         print(log.read_text())
         raise
     finally:

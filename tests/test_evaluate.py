@@ -226,6 +226,86 @@ def test_road_is_seeded_and_ordered(tiny_net):
         road_curve(tiny_net, images, maps, targets=1, order="middle")
 
 
+def _one_pixel_scene(value: float = 4.0, rest: float = 1.0, size: int = 4, at: int = 5):
+    """A model whose logit is pixel ``at`` (flat index) of a constant image but for that pixel:
+    once ROAD removes it, imputation from constant neighbours gives back ``rest``."""
+    w = torch.zeros(1, size, size)
+    w.view(-1)[at] = 1.0
+    image = torch.full((1, 1, size, size), rest)
+    image.view(-1)[at] = value
+    return _linear_model(w), image
+
+
+def test_road_removes_most_or_least_relevant_first_by_hand():
+    net, image = _one_pixel_scene()
+    # pixel 5's relevance is 7th of 16 from the top, 10th from the bottom
+    heat = torch.arange(16.0).view(1, 4, 4)
+    heat.view(-1)[[5, 9]] = heat.view(-1)[[9, 5]]
+    kept, removed = _prob(4.0), _prob(1.0)
+    fractions = (0.25, 0.5, 0.75)  # 4, 8 and 12 pixels
+    morf = road_curve(net, image, heat, 0, "morf", fractions, noise=0.0)
+    lerf = road_curve(net, image, heat, 0, "lerf", fractions, noise=0.0)
+    assert morf.mode == "road-morf" and lerf.mode == "road-lerf"
+    assert morf.fractions.tolist() == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert morf.scores[0].tolist() == pytest.approx([kept, kept, removed, removed], abs=1e-5)
+    assert lerf.scores[0].tolist() == pytest.approx([kept, kept, kept, removed], abs=1e-5)
+    for curve, steps_kept in ((morf, 2), (lerf, 3)):
+        points = [kept] * steps_kept + [removed] * (4 - steps_kept)
+        assert curve.auc.item() == pytest.approx(np.trapezoid(points, dx=0.25), abs=1e-5)
+
+
+def test_blur_baseline_is_a_gaussian_of_sigma_5_over_11_pixels():
+    from scipy.ndimage import gaussian_filter
+
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 8, 8, generator=generator) / 8  # logits of order 1: no saturation
+    net = _linear_model(w)
+    image = torch.rand(1, 1, 8, 8, generator=generator) * 4
+    heat = torch.rand(1, 8, 8, generator=generator)
+    # torchvision pads by reflection without repeating the edge: scipy's "mirror"
+    blurred = gaussian_filter(image[0, 0].double().numpy(), sigma=5, mode="mirror",
+                              truncate=1.0)
+    order = np.argsort(-heat.flatten().numpy(), kind="stable")
+    pixels, blurred = image[0, 0].flatten().double().numpy(), blurred.flatten()
+
+    def probs(start, end):  # the top `count` pixels from `end`, the others from `start`
+        out = []
+        for count in (0, 16, 32, 48, 64):
+            x = start.copy()
+            x[order[:count]] = end[order[:count]]
+            out.append(_prob(float(w.flatten().double().numpy() @ x)))
+        return out
+
+    deletion = perturbation_curve(net, image, heat, 0, "deletion", steps=4, baseline="blur")
+    assert deletion.scores[0].tolist() == pytest.approx(probs(pixels, blurred), abs=1e-5)
+    insertion = perturbation_curve(net, image, heat, 0, "insertion", steps=4)  # blur: default
+    assert insertion.scores[0].tolist() == pytest.approx(probs(blurred, pixels), abs=1e-5)
+
+
+def test_evaluate_road_aucs_by_hand():
+    net, image = _one_pixel_scene(size=6, at=14)
+    images = image.expand(3, -1, -1, -1).contiguous()
+    ev = evaluate(net, images, 0, methods=["random"], metrics=["road_morf_auc",
+                                                               "road_lerf_auc"], seed=5)
+    maps = ev.maps["random"]
+    assert (maps.std((1, 2)) > 0).all()
+    # the seeded noise of the imputation: one draw per image (road_curve's noise=0.01)
+    jitter = 0.01 * torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
+    fractions = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for order, descending in (("morf", True), ("lerf", False)):
+        order_of_removal = maps.flatten(1).argsort(dim=1, descending=descending)
+        rank = order_of_removal.argsort(dim=1)[:, 14]  # when pixel 14 goes
+        expected = []
+        for i in range(3):
+            removed = _prob(1.0 + float(jitter[i, 0].flatten()[14]))
+            points = [removed if rank[i] < round(f * 36) else _prob(4.0) for f in fractions]
+            expected.append(np.trapezoid(points, fractions))
+        assert ev.values["random"][f"road_{order}_auc"].tolist() == pytest.approx(expected,
+                                                                                abs=1e-5)
+        torch.testing.assert_close(ev.curves["random"][f"road-{order}"].auc,
+                                   ev.values["random"][f"road_{order}_auc"])
+
+
 # ---------------------------------------------------------------------------------------
 # Sanity checks
 

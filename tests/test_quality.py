@@ -11,13 +11,12 @@ saliency-like map finds the only object, even for a model at chance accuracy).
 from __future__ import annotations
 
 import json
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import require_peer
 
 import vistool
 from vistool.cli import main
@@ -177,10 +176,7 @@ def test_gradcam_cli_on_the_trained_checkpoint(trained, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def quantus():
-    peers = Path(sys.prefix) / "peers"  # where `make bench` installs it (see the Makefile)
-    if peers.is_dir() and str(peers) not in sys.path:
-        sys.path.append(str(peers))
-    return pytest.importorskip("quantus", reason="Quantus is in the bench extra")
+    return require_peer("quantus")  # `make test` installs it into .venv/peers
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")

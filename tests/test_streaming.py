@@ -71,6 +71,16 @@ def folder(tmp_path_factory):
     return root, bad
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """The thread count of the run in this process and of its subprocesses
+    (``OMP_NUM_THREADS``): the suite's one, and more as users have (tests/test_threads.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def argv(root: Path, out: Path, *inputs: str) -> list[str]:
     return ["gradcam", "--model", f"{root / 'net.py'}:make", "--input-size", "24",
             "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--workers", "0",
@@ -103,6 +113,30 @@ def test_a_folder_run_indexes_every_image_and_skips_unreadable_ones(folder, tmp_
     assert status == 2 and "10 image(s) could not be read (--strict)" in capsys.readouterr().err
 
 
+def test_streamed_maps_equal_explain_on_the_model(folder, tmp_path):
+    """A folder run explains a fast copy of the model (BN folded, fused convolutions, the
+    closed form): its maps and targets are explain()'s on the model itself."""
+    import vistool
+    from vistool.core.errors import RandomWeightsWarning
+    from vistool.explainers.cam import explain
+
+    root, _ = folder
+    out = tmp_path / "run"
+    assert main([*argv(root, out, str(root / "images" / "part2")), "--batch-size", "4"]) == 0
+    rows = [r for r in index(out) if r["status"] == "ok"]
+    assert len(rows) > 50
+    with pytest.warns(RandomWeightsWarning):  # the factory's own initialisation
+        loaded = vistool.load_model(f"{root / 'net.py'}:make", input_size=24, mean=[0.5] * 3,
+                                    std=[0.25] * 3, device="cpu")
+    x = torch.stack([loaded.transform(vistool.load_image(r["path"])) for r in rows])
+    expected = explain(loaded, x, "gradcam")
+    assert [int(r["target"]) for r in rows] == expected.targets.tolist()
+    raw = expected.raw[loaded.default_layer]
+    assert (raw.flatten(1).amax(1) > raw.flatten(1).amin(1)).all()  # no blank map
+    streamed = torch.stack([torch.from_numpy(np.load(out / r["raw"])) for r in rows])
+    torch.testing.assert_close(streamed, raw, rtol=1e-4, atol=1e-6)
+
+
 def test_memory_budget_picks_the_batch_size(folder, tmp_path, capsys):
     root, _ = folder
     out = tmp_path / "budget"
@@ -117,12 +151,12 @@ def test_memory_budget_picks_the_batch_size(folder, tmp_path, capsys):
         "options"]["batch_size"] == 8  # --batch-size's default
 
 
-def test_killed_run_resumes_with_each_image_once_and_the_same_maps(folder, tmp_path):
+def test_killed_run_resumes_with_each_image_once_and_the_same_maps(folder, tmp_path, threads):
     root, _ = folder
     reference = tmp_path / "whole"
     assert main([*argv(root, reference), "--batch-size", "4"]) == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "NET_DELAY": "0.05", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "NET_DELAY": "0.05", "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen([sys.executable, "-m", "vistool", *argv(root, out),
                                 "--batch-size", "4"], env=env, stderr=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL)
@@ -146,11 +180,11 @@ def test_killed_run_resumes_with_each_image_once_and_the_same_maps(folder, tmp_p
                                        np.load(reference / theirs["raw"]), atol=1e-6)
 
 
-def test_torchrun_with_two_processes_gives_the_same_index_and_maps(folder, tmp_path):
+def test_torchrun_with_two_processes_gives_the_same_index_and_maps(folder, tmp_path, threads):
     root, _ = folder
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(argv(root, one, str(root / "images" / "part1"))) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
                            "2", "--master-port", "29517", "-m", "vistool",
                            *argv(root, two, str(root / "images" / "part1"))],
