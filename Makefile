@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean chromium peers
+.PHONY: demo test lint bench clean chromium peers mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ test: $(STAMP) $(PEER_STAMP) chromium
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
+# Mutation testing ([tool.mutmut] in pyproject.toml says which modules and tests); mutmut is
+# installed here only. `.venv/bin/mutmut results` lists the surviving mutants afterwards.
+mutation: $(STAMP) $(PEER_STAMP)
+	$(BIN)/python -m pip install -q mutmut==3.8.1
+	rm -rf mutants
+	$(BIN)/mutmut run
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
@@ -73,4 +80,4 @@ bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python scripts/bench_metrics.py
 
 clean:
-	rm -rf $(VENV) vistool-out
+	rm -rf $(VENV) vistool-out mutants
