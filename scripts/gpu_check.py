@@ -70,30 +70,34 @@ class Check:
     result: dict = field(default_factory=dict)
 
 
-def _npy_difference(a: Path, b: Path) -> float | None:
-    files = sorted(p.relative_to(a) for p in a.rglob("*.npy"))
+def _worst(a: Path, b: Path, pattern: str, difference: Callable[[Path, Path], float]) -> float:
+    """The largest ``difference`` of the files matching ``pattern`` under ``a`` and their
+    namesakes under ``b``."""
+    files = sorted(p.relative_to(a) for p in a.rglob(pattern))
     if not files:
-        raise RuntimeError(f"no .npy written under {a}")
-    worst = 0.0
-    for rel in files:
-        x, y = np.load(a / rel).astype(np.float64), np.load(b / rel).astype(np.float64)
-        scale = max(np.abs(x).max(), np.abs(y).max(), 1e-12)
-        worst = max(worst, float(np.abs(x - y).max() / scale))
-    return worst
+        raise RuntimeError(f"no {pattern} written under {a}")
+    return max(difference(a / rel, b / rel) for rel in files)
 
 
-def _png_difference(a: Path, b: Path) -> float | None:
-    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
-    if not files:
-        raise RuntimeError(f"no .png written under {a}")
-    worst = 0.0
-    for rel in files:
-        x = np.asarray(Image.open(a / rel).convert("RGB"), np.float64) / 255
-        y = np.asarray(Image.open(b / rel).convert("RGB"), np.float64) / 255
-        if x.shape != y.shape:
-            return float("inf")
-        worst = max(worst, float(np.abs(x - y).mean()))
-    return worst
+def _map_difference(x: Path, y: Path) -> float:
+    """max |x - y| of two maps scaled by the larger of their peaks."""
+    u, v = np.load(x).astype(np.float64), np.load(y).astype(np.float64)
+    return float(np.abs(u - v).max() / max(np.abs(u).max(), np.abs(v).max(), 1e-12))
+
+
+def _picture_difference(x: Path, y: Path) -> float:
+    """mean |x - y| of two pictures in [0, 1] (inf when their sizes differ)."""
+    u = np.asarray(Image.open(x).convert("RGB"), np.float64) / 255
+    v = np.asarray(Image.open(y).convert("RGB"), np.float64) / 255
+    return float(np.abs(u - v).mean()) if u.shape == v.shape else float("inf")
+
+
+def _npy_difference(a: Path, b: Path) -> float:
+    return _worst(a, b, "*.npy", _map_difference)
+
+
+def _png_difference(a: Path, b: Path) -> float:
+    return _worst(a, b, "*.png", _picture_difference)
 
 
 def _training_difference(a: Path, b: Path) -> float | None:
@@ -117,11 +121,6 @@ def _results_difference(a: Path, b: Path) -> float | None:
 
     x, y = means(a), means(b)
     return max(abs(x[k] - y[k]) for k in x)
-
-
-def _index_difference(a: Path, b: Path) -> float | None:
-    """The maps of a torchrun run against the one-process run of the same images."""
-    return _npy_difference(a, b)
 
 
 def _free_port() -> int:
@@ -211,7 +210,7 @@ def build_checks(inputs: dict[str, Path], quick: bool, gpus: int, cpu: bool) -> 
                                + proc.stderr.strip()[-500:])
 
     backend = "gloo" if gpus == 0 else "nccl" if processes > 1 else "one GPU: no group"
-    checks.append(Check(f"torchrun x{processes} ({backend})", None, _index_difference, 2e-2,
+    checks.append(Check(f"torchrun x{processes} ({backend})", None, _npy_difference, 2e-2,
                         run=torchrun))
     checks += _recipe_checks(inputs, quick, dry=cpu)
     return checks

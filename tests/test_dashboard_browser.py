@@ -101,6 +101,18 @@ def browser():
             launched.close()
 
 
+def _gradcam_overlay(page):
+    """Open the CAM tab and return its gradcam overlay's picture once it is drawn."""
+    page.get_by_role("tab", name="Class activation maps").click()
+    panel = page.get_by_role("tabpanel", name="Class activation maps")
+    overlay = panel.locator('[data-testid="stImage"]').filter(
+        has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^gradcam")))
+    picture = overlay.first.locator("img")
+    picture.wait_for()
+    _settle(page)
+    return picture
+
+
 def _settle(page, timeout: float = TIMEOUT_MS) -> None:
     """Wait until the script (or fragment) run that the last interaction started is over."""
     page.wait_for_timeout(300)  # let the rerun request reach the server
@@ -174,13 +186,8 @@ def test_dashboard_in_a_browser_shows_a_cam_and_follows_the_channel_slider(brows
 
         # Class activation maps: the gradcam overlay is the input under the colour map of a
         # map that varies (a blank or constant map would give one colour over the input).
-        page.get_by_role("tab", name="Class activation maps").click()
-        panel = page.get_by_role("tabpanel", name="Class activation maps")
-        overlay = panel.locator('[data-testid="stImage"]').filter(
-            has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^gradcam")))
-        overlay.first.locator("img").wait_for()
-        _settle(page)
-        shot = overlay.first.locator("img").screenshot(path=str(ARTIFACTS / "03-gradcam.png"))
+        overlay = _gradcam_overlay(page)
+        shot = overlay.screenshot(path=str(ARTIFACTS / "03-gradcam.png"))
         _shot(page, "03-cam-tab")
         pixels = _png(shot)
         assert pixels.shape[0] > 32 and pixels.shape[1] > 32, pixels.shape
@@ -281,14 +288,9 @@ def test_dashboard_in_a_browser_wants_the_token_and_runs_no_uploaded_pickle(brow
 
         # The URL printed at start-up: the dashboard, and the CAM tab draws its overlay.
         page.goto(url)
-        page.get_by_role("tab", name="Class activation maps").click()
-        panel = page.get_by_role("tabpanel", name="Class activation maps")
-        overlay = panel.locator('[data-testid="stImage"]').filter(
-            has=page.locator('[data-testid="stImageCaption"]', has_text=re.compile(r"^gradcam")))
-        overlay.first.locator("img").wait_for()
-        _settle(page)
+        overlay = _gradcam_overlay(page)
         _shot(page, "11-token-cam")
-        pixels = _png(overlay.first.locator("img").screenshot())
+        pixels = _png(overlay.screenshot())
         assert pixels.shape[0] > 32 and pixels.shape[1] > 32, pixels.shape
         assert (tmp_path / "imported").exists()
         assert page.get_by_text("Deploy", exact=True).count() == 0

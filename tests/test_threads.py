@@ -13,15 +13,9 @@ shortened.
 from __future__ import annotations
 
 import importlib
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-
-from vistool.core.checkpoint import load_checkpoint
 
 THREADS = 2
 
@@ -65,27 +59,5 @@ def test_ddp_matches_one_process_with_two_threads_each(trainers_with_threads, tm
 def test_killed_training_resumes_to_the_same_weights_with_two_threads(trainers_with_threads,
                                                                      tmp_path):
     """tests/test_trainers.py's resume claim, shorter (3 epochs of larger batches)."""
-    module = trainers_with_threads
-    args = [sys.executable, "-m", "vistool", "train", "lenet-digits", "--epochs", "3",
-            "--batch-size", "64", "--device", "cpu", "--quiet"]
-    subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, env=module.ENV,
-                   capture_output=True)
-    run = tmp_path / "killed"
-    proc = subprocess.Popen([*args, "--out", str(run)], env=module.ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # kill it as soon as epoch 2 is under way
-        if line.startswith("epoch 1/3"):
-            time.sleep(0.1)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    done = len((run / "metrics.jsonl").read_text().splitlines())
-    assert 1 <= done < 3
-    resumed = subprocess.run([*args, "--out", str(run), "--resume"], check=True,
-                             env=module.ENV, capture_output=True, text=True)
-    assert f"resuming {run} at epoch {done + 1}" in resumed.stdout
-    full = load_checkpoint(tmp_path / "full" / "last.safetensors")[0]
-    again = load_checkpoint(run / "last.safetensors")[0]
-    for key in full:
-        torch.testing.assert_close(again[key], full[key], rtol=0, atol=1e-6)
+    trainers_with_threads.killed_run_resumes_to_the_same_weights(tmp_path, epochs=3,
+                                                                 batch_size=64, pause=0.1)

@@ -378,22 +378,29 @@ def test_ddp_two_processes_match_one(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    args = [sys.executable, "-m", "vistool", "train", "lenet-digits", "--epochs", "4",
-            "--batch-size", "16", "--device", "cpu", "--quiet"]
+    killed_run_resumes_to_the_same_weights(tmp_path, epochs=4, batch_size=16, pause=0.2)
+
+
+def killed_run_resumes_to_the_same_weights(tmp_path, epochs: int, batch_size: int,
+                                           pause: float) -> None:
+    """A run killed once epoch 2 is under way, resumed, ends with the uninterrupted run's
+    weights (with ``ENV``'s thread count; tests/test_threads.py runs it with 2)."""
+    args = [sys.executable, "-m", "vistool", "train", "lenet-digits", "--epochs", str(epochs),
+            "--batch-size", str(batch_size), "--device", "cpu", "--quiet"]
     subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, env=ENV,
                    capture_output=True)
     run = tmp_path / "killed"
     proc = subprocess.Popen([*args, "--out", str(run)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:  # kill it as soon as epoch 2 is under way
-        if line.startswith("epoch 1/4"):
-            time.sleep(0.2)
+        if line.startswith(f"epoch 1/{epochs}"):
+            time.sleep(pause)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done = len((run / "metrics.jsonl").read_text().splitlines())
-    assert 1 <= done < 4
+    assert 1 <= done < epochs
     resumed = subprocess.run([*args, "--out", str(run), "--resume"], check=True, env=ENV,
                              capture_output=True, text=True)
     assert f"resuming {run} at epoch {done + 1}" in resumed.stdout
@@ -401,7 +408,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         run / "last.safetensors")
     for key in full:
         torch.testing.assert_close(again[key], full[key], rtol=0, atol=1e-6)
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == epochs
 
 
 @pytest.mark.parametrize(("argv", "fragment"), [
