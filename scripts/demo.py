@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainers.recipes import pretrained_digits, pretrained_shapes_cnn
+from trainers.recipes import DEMO_DIGITS, pretrained_digits, pretrained_shapes_cnn
 from vistool.cli import main as vistool
 from vistool.data.shapes import ShapesDataset, render_scene
 from vistool.outputs import default_run_name, write_gallery
@@ -49,8 +49,7 @@ def _log(line: str) -> None:
 
 def run(out: Path, seed: int) -> Path:
     checkpoint = pretrained_shapes_cnn(log=_log)
-    vae, dcgan = (pretrained_digits("vae-mnist", 20, log=_log),
-                  pretrained_digits("dcgan-mnist", 10, log=_log))
+    vae, dcgan = (pretrained_digits(recipe, epochs, log=_log) for recipe, epochs in DEMO_DIGITS)
     inputs = out / "inputs"
     inputs.mkdir(parents=True)
     rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -129,3 +130,65 @@ def trained_shapes(tmp_path_factory):
                                  log=lambda _line: None)
             done.write_text(json.dumps(metrics))
     return root / "run" / "best.safetensors", json.loads(done.read_text())
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory, trained_shapes):
+    """A vistool cache as ``make demo`` leaves it: the shapes CNN (the :func:`trained_shapes`
+    run, where :func:`~trainers.recipes.pretrained_shapes_cnn` looks) and the digits VAE and
+    DCGAN of :data:`~trainers.recipes.DEMO_DIGITS`, trained once (minutes) and shared like
+    :func:`trained_shapes`. Returns the folder, for ``VISTOOL_CACHE``."""
+    import shutil
+
+    from filelock import FileLock
+
+    from trainers.recipes import DEMO_DIGITS, pretrained_digits
+
+    root = tmp_path_factory.getbasetemp().parent / f"demo-cache-{shapes_cache_key()}"
+    with FileLock(str(root) + ".lock"):
+        done = root / ".complete"
+        if not done.is_file():
+            (root / "shapes-cnn-v3").mkdir(parents=True, exist_ok=True)
+            shutil.copy(trained_shapes[0], root / "shapes-cnn-v3" / "best.safetensors")
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("VISTOOL_CACHE", str(root))
+                for recipe, epochs in DEMO_DIGITS:
+                    pretrained_digits(recipe, epochs, progress=False, log=lambda _line: None)
+            done.touch()
+    return root
+
+
+# Debian's chromium as root, in a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _chromium() -> str | None:
+    return next((path for path in ("/usr/bin/chromium", shutil.which("chromium"),
+                                   shutil.which("chromium-browser")) if path and
+                 Path(path).exists()), None)
+
+
+@pytest.fixture
+def browser():
+    """Headless system Chromium through Playwright (skips when either is missing)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        missing(f"the playwright package cannot be imported ({error}); pip install -e '.[dev]'")
+    executable = _chromium()
+    if executable is None:
+        apt = ROOT / ".venv" / "apt-chromium.log"  # `make test`'s attempt to install it
+        tail = ("; apt-get's output ended:\n" + "\n".join(apt.read_text(errors="replace")
+                                                          .splitlines()[-15:])
+                if apt.is_file() else "")
+        missing("no chromium executable (Debian: apt-get install chromium; `make test` "
+                f"installs it when run as root){tail}")
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=executable, headless=True,
+                                          args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

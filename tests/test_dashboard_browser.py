@@ -20,32 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, missing
 from dashboard_helpers import free_port, small_checkpoint, wait_until_healthy
 from PIL import Image
 
 from vistool.data.shapes import render_scene
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "dashboard"
-# Debian's chromium as root, in a closed network: no sandbox, no background connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
 TIMEOUT_MS = 60_000  # the first model load and render take a while on a small CPU
-
-
-def _chromium() -> str | None:
-    return next((path for path in ("/usr/bin/chromium", shutil.which("chromium"),
-                                   shutil.which("chromium-browser")) if path and
-                 Path(path).exists()), None)
-
-
-
-
-
-
-
-
 
 
 @pytest.fixture
@@ -75,30 +56,6 @@ def dashboard(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@pytest.fixture
-def browser():
-    """Headless system Chromium through Playwright (skips when either is missing)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as error:
-        missing(f"the playwright package cannot be imported ({error}); pip install -e '.[dev]'")
-    executable = _chromium()
-    if executable is None:
-        apt = ROOT / ".venv" / "apt-chromium.log"  # `make test`'s attempt to install it
-        tail = ("; apt-get's output ended:\n" + "\n".join(apt.read_text(errors="replace")
-                                                          .splitlines()[-15:])
-                if apt.is_file() else "")
-        missing("no chromium executable (Debian: apt-get install chromium; `make test` "
-                f"installs it when run as root){tail}")
-    with sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=executable, headless=True,
-                                          args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _gradcam_overlay(page):

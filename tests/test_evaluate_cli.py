@@ -49,14 +49,23 @@ def test_evaluate_json_table_and_files(trained_shapes, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "evaluate" and manifest["options"]["targets"] == "labels"
     assert manifest["options"]["tolerance"] == 4  # 15 px at 224, at 64
-    assert {o["png"] for o in manifest["outputs"]} == {"curves.png", "sanity.png",
-                                                       "examples.png"}
-    for name in ("curves.png", "sanity.png", "examples.png"):
-        assert Image.open(out / name).size[0] > 200
+    pngs = ["curve-deletion.png", "sanity-spearman.png", "sanity-ssim.png", "examples.png"]
+    assert [o.get("png") for o in manifest["outputs"]] == [None, *pngs]
+    assert manifest["outputs"][0]["table"] == "results.md"
+    for name in pngs:
+        width, height = Image.open(out / name).size
+        # one chart per figure (5 x 3.6 inches at 100 dpi), not a strip of panels
+        assert (width, height) == (500, 360) or name == "examples.png"
     table = (out / "results.md").read_text().splitlines()
     assert table[0] == "| method | pointing_game ↑ | deletion_auc ↓ | sparseness ↑ |"
     assert table[2].startswith("| gradcam | ")
-    assert "curves.png" in (out / "index.html").read_text()
+    page = (out / "index.html").read_text()
+    assert "curve-deletion.png" in page and "sanity-ssim.png" in page
+    # the gallery shows the table itself, every cell of it
+    assert "<th>deletion_auc ↓</th>" in page
+    gradcam_row = table[2].strip("|").split("|")
+    assert "<tr>" + "".join(f"<td>{c.strip()}</td>" for c in gradcam_row) + "</tr>" in page
+    assert "12 images: mean ± std [95% bootstrap interval]" in page
 
 
 def test_evaluate_prints_the_markdown_table(trained_shapes, tmp_path, capsys):

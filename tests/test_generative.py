@@ -121,6 +121,7 @@ def test_generate_command_writes_every_view(runs, tmp_path):
     out = tmp_path / "vae"
     assert main(["generate", "--model", str(runs["vae"] / "best.safetensors"), "--samples",
                  "16", "--interpolate", "2", "--steps", "5", "--traverse", "2",
+                 "--range", "-2,2",  # typed as users type it: a negative value after a flag
                  "--latent-scatter", "--series", str(runs["vae"]), "--out", str(out)]) == 0
     info = json.loads((out / "manifest.json").read_text())
     assert [o["png"] for o in info["outputs"]] == [
@@ -128,6 +129,8 @@ def test_generate_command_writes_every_view(runs, tmp_path):
         "latent-scatter.png", "series.png"]
     assert info["model_kind"] == "vae" and np.load(out / "samples-codes.npy").shape == (16, 20)
     assert Image.open(out / "interpolation.png").size == (5 * 30 + 2, 2 * 30 + 2)
+    traversed = np.load(out / "traversal-codes.npy")[:, 2]
+    assert traversed.tolist() == pytest.approx([-2.0, -1.0, 0.0, 1.0, 2.0])
     out = tmp_path / "gan"
     assert main(["generate", "--model", str(runs["dcgan"] / "best.safetensors"), "--samples",
                  "9", "--out", str(out)]) == 0

@@ -277,6 +277,7 @@ def test_lenet_digits_reaches_95_percent_and_reopens_in_vistool(tmp_path, capsys
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0
     assert manifest["recipe"] == "lenet-digits"
+    assert manifest["best_by"] == "the highest val_acc"
     assert "best.safetensors" in manifest["outputs"]
     loaded = vistool.load_model(str(out / "best.safetensors"), device="cpu")
     assert loaded.classes == [str(i) for i in range(10)]
@@ -348,6 +349,31 @@ def test_generative_recipe_trains_an_epoch_on_digits(tmp_path, recipe):
         Image.new("L", (28, 28), 128).save(image)
         assert main(["activations", "--model", str(out / "best.safetensors"),
                      str(image)]) == 2
+
+
+def test_a_gans_best_is_its_last_epoch_and_a_log_has_one_line_per_epoch(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A GAN's validation loss is its discriminator's: lowest while the generator is still
+    poor, so ``best.safetensors`` is the last epoch whatever that loss does, and the manifest
+    says so. A log (stderr not a terminal) gets one line per epoch and no progress bars."""
+    from trainers.tasks import GanTask
+
+    losses = iter([1.0, 0.5, 2.0, 3.0])  # before training, then epochs 1-3: rising after 1
+    monkeypatch.setattr(GanTask, "evaluate", lambda *_args: {"val_loss": next(losses)})
+    out = tmp_path / "gan"
+    best = run_recipe("gan-mnist", out, dataset="digits", epochs=3, batch_size=256,
+                      limit_batches=1, device="cpu", progress=True)
+    assert best["epoch"] == 3 and best["val_loss"] == 3.0
+    assert load_checkpoint(out / "best.safetensors")[1]["epoch"] == 3
+    assert _weights(out / "best.safetensors").keys() == _weights(out / "last.safetensors").keys()
+    assert all(torch.equal(_weights(out / "best.safetensors")[k], v)
+               for k, v in _weights(out / "last.safetensors").items())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["best_by"].startswith("the last epoch")
+    printed, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("epoch")
+            ] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "\r" not in printed + err
 
 
 def _weights(path):

@@ -76,6 +76,35 @@ def test_weights_none_is_random_without_a_warning(no_runs):
     assert loaded.random_weights is True and loaded.weights.endswith("(weights: none)")
 
 
+def test_a_seed_builds_the_same_random_network_and_leaves_torchs_state(no_runs):
+    def weights(seed):
+        model = vistool.load_model("shapes_cnn", weights="none", device="cpu", seed=seed).model
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert torch.equal(weights(3), weights(3))
+    assert not torch.equal(weights(3), weights(4))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    assert not torch.equal(weights(None), weights(None))  # None: drawn from that stream
+
+
+def test_cli_seed_seeds_weights_none(no_runs, capsys):
+    """``vistool filters --weights none --seed 3`` twice draws the same random network, so
+    the same images; another seed another network."""
+    def images(seed, out):
+        assert main(["filters", "--model", "shapes_cnn", "--weights", "none", "--layer",
+                     "features.3", "--channels", "0-1", "--size", "32", "--steps", "2",
+                     "--seed", str(seed), "--device", "cpu", "--out", str(out)]) == 0
+        return np.load(out / "images.npy")
+
+    first = images(3, no_runs / "a")
+    assert np.array_equal(first, images(3, no_runs / "b"))
+    assert not np.array_equal(first, images(4, no_runs / "c"))
+    manifest = json.loads((no_runs / "a" / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["model"]["random_weights"] is True
+
+
 def test_factory_without_checkpoint_says_its_weights_are_its_own(tmp_path):
     (tmp_path / "net.py").write_text("from torch import nn\n\ndef build():\n"
                                      "    return nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU())\n")

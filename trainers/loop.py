@@ -45,6 +45,7 @@ from vistool.core.checkpoint import save_checkpoint
 from vistool.core.devices import start_processes
 from vistool.core.errors import VistoolError
 from vistool.core.files import atomic_path
+from vistool.core.progress import bar_disable
 from vistool.outputs import save_png
 
 from .data import DataSpec
@@ -430,7 +431,7 @@ def _train_steps(run: _Run, epoch: int) -> tuple[dict[str, float], list[float]]:
     step_losses: list[torch.Tensor] = []
     bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{run.config.epochs}", leave=False,
                total=_steps_per_epoch(run.train_loader, run.config),
-               disable=not (run.config.progress and run.main), file=sys.stderr)
+               disable=bar_disable(run.config.progress and run.main), file=sys.stderr)
     for x, y in itertools.islice(bar, _steps_per_epoch(run.train_loader, run.config)):
         x = x.to(run.device, non_blocking=run.pinned)
         y = y.to(run.device, non_blocking=run.pinned)
@@ -464,9 +465,17 @@ def _average_over_processes(run: _Run, means: dict[str, float]) -> dict[str, flo
     return {k: float(v) / run.world for k, v in zip(keys, packed)}
 
 
+def _best_by(task: Task) -> str:
+    """How ``best.safetensors`` is picked, as the manifest and the checkpoints say it."""
+    if task.monitor is None:
+        return "the last epoch (the task's validation loss does not measure its outputs)"
+    return f"the {'highest' if task.mode == 'max' else 'lowest'} {task.monitor}"
+
+
 def _improves(task: Task, metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Whether ``metrics`` beats ``best`` on the task's monitored validation metric."""
-    if best is None:
+    """Whether ``metrics`` beats ``best`` on the task's monitored validation metric (always,
+    for a task that monitors none: its best is its last epoch)."""
+    if best is None or task.monitor is None:
         return True
     if task.mode == "max":
         return metrics[task.monitor] > best[task.monitor]
@@ -492,7 +501,8 @@ def _save_outputs(run: _Run, epoch: int, metrics: dict[str, Any], better: bool) 
     ``metrics.jsonl``, ``metrics.png`` and the epoch's log line."""
     out_dir, model = run.out_dir, run.task.model
     meta = {**run.metadata, "epoch": epoch, "metrics": metrics, "seed": run.config.seed,
-            "config": asdict(run.config), "world_size": run.world}
+            "config": asdict(run.config), "world_size": run.world,
+            "best_by": _best_by(run.task)}
     save_checkpoint(out_dir / "last.safetensors", model, meta)
     if better:
         save_checkpoint(out_dir / "best.safetensors", model, meta)
@@ -515,7 +525,7 @@ def _write_manifest(run: _Run, data: DataSpec) -> None:
     save_json(run.out_dir / "manifest.json", manifest(
         "train", [data.name], {**asdict(run.config), "world_size": run.world}, outputs,
         seed=run.config.seed, timings={"seconds": seconds},
-        recipe=run.metadata.get("recipe"), best=run.best))
+        recipe=run.metadata.get("recipe"), best=run.best, best_by=_best_by(run.task)))
 
 
 def _result(run: _Run) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from .loop import TrainConfig, train
 from .models import get_model, model_defaults
 from .tasks import ClassifierTask, GanTask, ReconstructionTask, StyleTask, Task
 
-__all__ = ["RECIPES", "Recipe", "pretrained_digits", "pretrained_shapes_cnn", "run_recipe"]
+__all__ = ["DEMO_DIGITS", "RECIPES", "Recipe", "pretrained_digits", "pretrained_shapes_cnn",
+           "run_recipe"]
 
 GREY = ("mnist", "fashion-mnist", "digits")
 COLOUR = ("cifar10", "shapes", "imagefolder")
@@ -226,10 +227,14 @@ def pretrained_shapes_cnn(progress: bool = True, log=None) -> Path:
     return best
 
 
+#: The generative models ``make demo`` trains on scikit-learn's digits: (recipe, epochs).
+DEMO_DIGITS = (("vae-mnist", 20), ("dcgan-mnist", 10))
+
+
 def pretrained_digits(recipe: str, epochs: int, progress: bool = True, log=None) -> Path:
     """The cached checkpoint of the MNIST-sized ``recipe`` trained on scikit-learn's digits
     for ``epochs`` epochs (trained on first use, on the CPU; ``make demo`` uses it)."""
-    out_dir = cache_dir() / f"{recipe}-digits-{epochs}ep-v1"
+    out_dir = cache_dir() / f"{recipe}-digits-{epochs}ep-v2"  # v2: a GAN's best is its last epoch
     best = out_dir / "best.safetensors"
     if not best.is_file():
         run_recipe(recipe, out_dir, dataset="digits", epochs=epochs, device="cpu",

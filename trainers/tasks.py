@@ -18,9 +18,10 @@ __all__ = ["ClassifierTask", "GanTask", "ReconstructionTask", "StyleTask", "Task
 
 
 class Task:
-    """Base class. ``monitor``/``mode``: the validation metric that picks ``best``."""
+    """Base class. ``monitor``/``mode``: the validation metric that picks ``best``
+    (``mode="max"`` or ``"min"``); ``monitor=None``: ``best`` is the last epoch."""
 
-    monitor = "val_loss"
+    monitor: str | None = "val_loss"
     mode = "min"
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0,
@@ -147,8 +148,12 @@ class GanTask(Task):
     ``loss``: ``bce`` (the original GAN, non-saturating generator loss), ``lsgan`` (least
     squares) or ``wgan-gp`` (Wasserstein critic with gradient penalty, ``n_critic`` critic
     steps per generator step). Validation reports the discriminator's loss on held-out
-    real images against fresh fakes as ``val_loss``.
+    real images against fresh fakes as ``val_loss``. That loss says how well the
+    discriminator does, not how good the samples are (it is lowest while the generator is
+    still poor), so ``best`` is the last epoch.
     """
+
+    monitor = None
 
     def __init__(self, model, lr, weight_decay=0.0, optimizer="adam", loss: str = "bce",
                  n_critic: int = 1, gp_weight: float = 10.0):

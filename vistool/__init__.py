@@ -6,8 +6,9 @@ The public API is listed in ``__all__``. Names are imported on first use (PEP 56
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,8 @@ _EXPORTS: dict[str, str] = {
     "render_filters": "synthesize.featureviz",
     "DreamResult": "synthesize.deepdream",
     "deepdream": "synthesize.deepdream",
+    "overlay": "render",
+    "show": "render",
     "StyleResult": "synthesize.style",
     "style_transfer": "synthesize.style",
     "PerceptualLoss": "synthesize.fast_style",
@@ -104,6 +107,7 @@ __all__ = [
     "load_checkpoint",
     "load_image",
     "load_model",
+    "overlay",
     "perturbation_curve",
     "pointing_game",
     "preprocess",
@@ -116,22 +120,13 @@ __all__ = [
     "render_filters",
     "resolve_device",
     "save_checkpoint",
+    "show",
     "style_transfer",
     "stylize",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vistool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:  # static tools see the real names
@@ -159,6 +154,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.activations import ActivationResult, activations, channel_stats
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, ConstantMapWarning, explain
+    from .render import overlay, show
     from .synthesize.deepdream import DreamResult, deepdream
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize
     from .synthesize.featureviz import (

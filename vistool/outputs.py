@@ -218,16 +218,37 @@ section{margin-bottom:2.5em} figure{display:inline-block;margin:.5em;vertical-al
 img{max-width:320px;image-rendering:pixelated;border:1px solid #ccc;background:#fff}
 figcaption{font-size:.8em;max-width:320px;word-break:break-all} code{background:#eee}
 .random{color:#b00;font-weight:bold}
+figure.chart img{max-width:520px;image-rendering:auto}
+figure.chart figcaption{max-width:520px}
+table.results{border-collapse:collapse;margin:.5em 0 1em;background:#fff;font-size:.9em}
+table.results td,table.results th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+white-space:nowrap} .scroll{overflow-x:auto;max-width:100%}
+table.results caption{caption-side:bottom;font-size:.8em;text-align:left;padding-top:.3em}
 """
+
+
+def _table_html(path: Path, caption: str | None) -> str:
+    """A Markdown pipe table (``| a | b |`` rows, the second one the ``---`` rule) as an
+    HTML table with its caption."""
+    rows = [[html.escape(cell.strip()) for cell in line.strip().strip("|").split("|")]
+            for line in path.read_text().splitlines() if line.strip().startswith("|")]
+    head, body = rows[0], rows[2:]
+    cells = "".join(f"<th>{c}</th>" for c in head)
+    lines = [f"<tr>{cells}</tr>"] + ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+                                     for row in body]
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<div class='scroll'><table class='results'>{title}{''.join(lines)}</table></div>"
 
 
 def write_gallery(root: str | os.PathLike, title: str = "vistool outputs") -> Path:
     """Write ``root/index.html`` listing the PNGs of every run directory under ``root``.
 
     Each subdirectory with a ``manifest.json`` becomes a section (its ``kind`` and
-    options); each PNG listed in the manifest's ``outputs`` (entries with a ``png`` key
-    and an optional ``caption``) becomes a figure. A ``root`` that is itself a run (it
-    holds a ``manifest.json``) gets a page of its own figures.
+    options); each PNG listed in the manifest's ``outputs`` (entries with a ``png`` key,
+    an optional ``caption`` and ``chart`` (shown larger, not pixelated)) becomes a figure;
+    an entry with a ``table`` key (a Markdown pipe table file) becomes an HTML table. A
+    ``root`` that is itself a run (it holds a ``manifest.json``) gets a page of its own
+    figures.
     """
     root = Path(root)
     sections = []
@@ -237,12 +258,15 @@ def write_gallery(root: str | os.PathLike, title: str = "vistool outputs") -> Pa
         meta = json.loads((run / "manifest.json").read_text())
         figures = []
         for item in meta.get("outputs", []):
+            if isinstance(item, Mapping) and "table" in item:
+                figures.append(_table_html(run / item["table"], item.get("caption")))
             if not isinstance(item, Mapping) or "png" not in item:
                 continue
             src = html.escape(item["png"] if own else f"{run.name}/{item['png']}")
             caption = html.escape(str(item.get("caption", item["png"])))
+            kind = " class='chart'" if item.get("chart") else ""
             figures.append(
-                f'<figure><a href="{src}"><img src="{src}" alt="{caption}"></a>'
+                f'<figure{kind}><a href="{src}"><img src="{src}" alt="{caption}"></a>'
                 f"<figcaption>{caption}</figcaption></figure>"
             )
         options = html.escape(json.dumps(meta.get("options", {})))

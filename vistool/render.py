@@ -24,6 +24,8 @@ __all__ = [
     "line_chart",
     "normalize",
     "overlay",
+    "png_bytes",
+    "show",
     "to_uint8_hwc",
 ]
 
@@ -59,12 +61,36 @@ def normalize(values: torch.Tensor, dims: Sequence[int] = (-2, -1)) -> torch.Ten
     return torch.where(span > 0, (values - lo) / span.clamp_min(1e-12), torch.zeros_like(values))
 
 
-def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5,
-            colormap: str = "jet") -> torch.Tensor:
-    """Blend a colour-mapped heatmap (H, W) in [0, 1] onto an RGB image (3, H, W) in [0, 1].
+def _chw(image) -> torch.Tensor:
+    """A picture as a float tensor (3, H, W) in [0, 1]: a tensor (C, H, W) in [0, 1], or a
+    NumPy array / PIL image (H, W[, C]), uint8 or float in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        picture = image.float()
+    else:
+        array = np.asarray(image)
+        picture = torch.from_numpy(array.astype(np.float32) / (255 if array.dtype == np.uint8
+                                                               else 1))
+        picture = picture[None] if picture.dim() == 2 else picture.movedim(-1, 0)
+    if picture.dim() != 3 or picture.shape[0] not in (1, 3, 4):
+        raise VistoolError(f"expected an image (3, H, W) or (H, W, 3), got "
+                           f"{tuple(picture.shape)}")
+    return picture[:3].expand(3, -1, -1) if picture.shape[0] == 1 else picture[:3]
 
-    The heatmap is resized bilinearly to the image if their sizes differ.
+
+def overlay(image, heatmap, alpha: float = 0.5, colormap: str = "jet"):
+    """Blend a colour-mapped heatmap (H, W) in [0, 1] onto an RGB image.
+
+    ``image``: a tensor (3, H, W) in [0, 1] (the result is such a tensor), or, as
+    pytorch-grad-cam's ``show_cam_on_image`` takes it, a NumPy array or PIL image (H, W, 3),
+    float in [0, 1] or uint8 (the result is a uint8 array (H, W, 3)). ``heatmap``: a tensor
+    or array (H, W) in [0, 1], such as ``explain(...).maps[i]``; it is resized bilinearly to
+    the image if their sizes differ. ``alpha``: the heatmap's weight; ``colormap``: a
+    matplotlib colormap name.
     """
+    if not isinstance(image, torch.Tensor):
+        heat = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))
+        return to_uint8_hwc(overlay(_chw(image), heat, alpha, colormap))
+    heatmap = torch.as_tensor(heatmap).to(image.device)
     if heatmap.shape[-2:] != image.shape[-2:]:
         heatmap = F.interpolate(heatmap[None, None].float(), size=image.shape[-2:],
                                 mode="bilinear", align_corners=False)[0, 0]
@@ -178,3 +204,43 @@ def line_chart(panels: Sequence[dict], width: float = 5.0, height: float = 3.6,
         ax.legend(fontsize=7)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def png_bytes(image) -> bytes:
+    """A picture (as :func:`to_uint8_hwc` takes it) encoded as PNG."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8_hwc(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def show(picture, title: str | None = None) -> None:
+    """Show a result of vistool (what its ``_repr_png_`` draws: a CAM's overlays, a
+    filter grid, a dream ...) or an image (a tensor (3, H, W) in [0, 1], an array or a PIL
+    image): inline in a Jupyter notebook, else in a matplotlib window. ``title``: shown
+    above it in the matplotlib window."""
+    png = picture._repr_png_() if hasattr(picture, "_repr_png_") else png_bytes(
+        _chw(picture))
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image as IPythonImage
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(IPythonImage(data=png))
+        return
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    plt.figure()
+    plt.imshow(np.asarray(Image.open(io.BytesIO(png))))
+    plt.axis("off")
+    if title:
+        plt.title(title)
+    plt.show()

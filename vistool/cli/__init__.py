@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -43,11 +44,22 @@ def cli_message(message: object) -> str:
     return " ".join(name_parameters(str(message), parameter_flag).split())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse reads ``-2,2`` or ``-1e-3`` after an option as another option ("expected one
+    argument"); these parsers take every argument that starts with ``-`` and a digit (or
+    ``-.`` and a digit) as a value, as users type ranges and offsets. Subcommand parsers
+    are of the same class. No option of vistool looks like a number."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``vistool`` command (all subcommands)."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vistool", description="Make trained convolutional networks explain themselves.")
     parser.add_argument("--version", action="version", version=f"vistool {__version__}")
     debug = "show the full Python traceback of an error instead of its one-line summary"

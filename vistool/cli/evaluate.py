@@ -169,15 +169,18 @@ def _figures(staging, args, loaded, data, ev) -> list[dict]:
     from ..outputs import save_png
     from ..render import line_chart
 
-    figures = []
-    panels = curve_panels(ev)
-    if panels:
-        save_png(staging / "curves.png", line_chart(panels))
-        figures.append({"png": "curves.png", "caption": "mean perturbation curves"})
+    figures = [{"table": "results.md", "caption": f"{len(data.names)} images: mean ± std "
+                "[95% bootstrap interval]; ↑ higher is better, ↓ lower"}]
+    for panel in curve_panels(ev):  # one readable chart per curve, not a strip of four
+        name = f"curve-{panel['title']}.png"
+        save_png(staging / name, line_chart([panel]))
+        figures.append({"png": name, "chart": True,
+                        "caption": f"{panel['title']}: the mean curve of each method"})
     if ev.sanity:
-        save_png(staging / "sanity.png", line_chart(sanity_panels(ev)))
-        figures.append({"png": "sanity.png", "caption": "cascading randomisation, top "
-                                                        "layer first"})
+        for panel, what in zip(sanity_panels(ev), ("spearman", "ssim")):
+            save_png(staging / f"sanity-{what}.png", line_chart([panel]))
+            figures.append({"png": f"sanity-{what}.png", "chart": True, "caption":
+                            f"cascading randomisation, top layer first: {panel['title']}"})
     if args.examples:
         save_png(staging / "examples.png", _examples(loaded, data, ev, args.examples))
         figures.append({"png": "examples.png", "caption": "rows: images; columns: the "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..core.errors import VistoolError, VistoolWarning
+from ..core.progress import bar_disable
 from . import cli_message
 
 
@@ -110,7 +111,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", default="default",
                        help="'default' (torchvision's pretrained weights from the torch hub "
                             "cache; a book model's trained checkpoint from the vistool cache "
-                            "or runs/; a checkpoint's own), 'none' (random init) or a "
+                            "or runs/; a checkpoint's own), 'none' (random init, seeded by --seed "
+                            "where the command has one, else by 0) or a "
                             "state-dict file (default: %(default)s)")
     group.add_argument("--checkpoint", metavar="FILE",
                        help="weights for a file.py:factory model (same as --weights FILE)")
@@ -188,7 +190,7 @@ def load(args: argparse.Namespace):
         warnings.simplefilter("always", VistoolWarning)
         loaded = load_model(args.model, weights=weights, device=args.device,
                             input_size=args.input_size, mean=args.mean, std=args.std,
-                            classes=args.classes)
+                            classes=args.classes, seed=getattr(args, "seed", 0))
     if loaded.random_weights and not caught:
         status(f"note: {loaded.weights}: the pictures show an untrained model")
     for warning in caught:
@@ -258,5 +260,5 @@ def _batches(args: argparse.Namespace, loaded, tensors) -> Iterator:
     from tqdm import tqdm
 
     for first in tqdm(range(0, len(tensors), args.batch_size), desc=args.command,
-                      file=sys.stderr, disable=len(tensors) <= args.batch_size):
+                      file=sys.stderr, disable=bar_disable(len(tensors) > args.batch_size)):
         yield first, torch.stack(tensors[first:first + args.batch_size]).to(loaded.device)

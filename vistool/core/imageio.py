@@ -3,12 +3,16 @@
 ``load_image`` accepts a path, bytes, a PIL image or an array and returns an 8-bit RGB
 PIL image: grayscale, palette, RGBA (composited on white), 16-bit and CMYK inputs are
 converted and EXIF orientation applied. Anything unusable raises :class:`ImageError`.
+
+For batches of images as tensors: :func:`normalisation` (a model's mean and std as
+tensors), :func:`resize` and :func:`gaussian_blur`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
@@ -25,10 +30,13 @@ __all__ = [
     "MAX_PIXELS",
     "deprocess",
     "expand_inputs",
+    "gaussian_blur",
     "load_image",
     "load_tensor",
     "make_transform",
+    "normalisation",
     "preprocess",
+    "resize",
 ]
 
 #: Images with more pixels than this are refused as possible decompression bombs.
@@ -250,3 +258,45 @@ def deprocess(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     if out.shape[-3] == 1:
         out = out.repeat_interleave(3, dim=-3)
     return out
+
+
+def normalisation(mean: Sequence[float], std: Sequence[float],
+                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's ``mean`` and ``std`` as two float tensors (1, C, 1, 1) on ``device``: images
+    (N, C, H, W) in [0, 1] become the model's input as ``(images - mean) / std``."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], antialias: bool | None = None,
+           clamp: bool = False) -> torch.Tensor:
+    """``images`` (N, C, H, W) resized bilinearly (``align_corners=False``) to ``size``
+    (H, W); returned as they are when they already have that size.
+
+    ``antialias``: True or False; None (the default) antialiases only when an axis shrinks.
+    ``clamp``: clamp the resized images to [0, 1] (antialiasing may overshoot by a rounding
+    error).
+    """
+    if tuple(images.shape[-2:]) == size:
+        return images
+    if antialias is None:
+        antialias = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    out = F.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                        antialias=antialias)
+    return out.clamp(0, 1) if clamp else out
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float, radius: int | None = None
+                  ) -> torch.Tensor:
+    """``images`` (N, C, H, W) blurred with a Gaussian of ``sigma`` pixels: separable, each
+    channel alone, edges replicated, the kernel ``2 * radius + 1`` taps wide (default radius
+    ``max(1, ceil(3 * sigma))``)."""
+    if radius is None:
+        radius = max(1, math.ceil(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    kernel = torch.exp(-taps**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    out = F.pad(images, [radius] * 4, mode="replicate")
+    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)

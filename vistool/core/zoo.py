@@ -337,6 +337,16 @@ def _from_book(name: str, weights: str) -> _Built:
     return built
 
 
+def _seeded_resolve(spec: str | nn.Module, spec_str: str, weights: str,
+                    seed: int | None) -> _Built:
+    """:func:`_resolve` with torch's generator seeded by ``seed`` (unless None) for the
+    build, the caller's random state restored afterwards."""
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _resolve(spec, spec_str, weights)
+
+
 def _resolve(spec: str | nn.Module, spec_str: str, weights: str) -> _Built:
     """Build the model ``spec`` names, with its weights unless ``weights`` is a file."""
     if isinstance(spec, nn.Module):
@@ -383,6 +393,7 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     classes: str | os.PathLike | Sequence[str] | None = None,
+    seed: int | None = None,
 ) -> LoadedModel:
     """Build or load a model and everything needed to explain it.
 
@@ -400,10 +411,12 @@ def load_model(
             :class:`~vistool.core.errors.RandomWeightsWarning`; ``LoadedModel.weights``
             always says what the weights are.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda:1"`` ...
-        input_size: (C, H, W), ``"C,H,W"`` or H; defaults to what the model or checkpoint
-            states, else ImageNet's (3, 224, 224).
+        input_size: (C, H, W), ``"C,H,W"`` or H; default: what the model or checkpoint
+            states, else (3, 224, 224).
         mean, std: per-channel normalisation; defaults likewise (ImageNet's).
         classes: class names, or a file with one name per line.
+        seed: seeds a random initialisation (``weights="none"``, a factory's own): one
+            seed, one network; torch's random state is kept. None: that state draws it.
 
     Raises:
         ModelError, WeightsError, CheckpointError: with a message saying what to do.
@@ -411,7 +424,7 @@ def load_model(
     dev = resolve_device(device)
     spec_str = str(spec) if not isinstance(spec, nn.Module) else type(spec).__name__
     weights = str(weights)
-    built = _resolve(spec, spec_str, weights)
+    built = _seeded_resolve(spec, spec_str, weights, seed)
     if weights not in ("default", "none"):
         _apply_weight_file(built, Path(weights))
     size = parse_input_size(input_size if input_size is not None
@@ -422,14 +435,7 @@ def load_model(
         built.model.eval()
     built.model.to(dev)
     return LoadedModel(
-        model=built.model,
-        transform=make_transform(size, mean_t, std_t, resize=built.resize),
-        classes=list(names) if names else None,
-        input_size=size,
-        mean=mean_t,
-        std=std_t,
-        spec=spec_str,
-        metadata=built.meta,
-        weights=built.weights,
-        random_weights=built.random_weights,
-    )
+        model=built.model, transform=make_transform(size, mean_t, std_t, resize=built.resize),
+        classes=list(names) if names else None, input_size=size, mean=mean_t, std=std_t,
+        spec=spec_str, metadata=built.meta, weights=built.weights,
+        random_weights=built.random_weights)

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.devices import DeviceConstant
+from ..core.progress import bar_disable
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
 from ..explainers.inference import inference_copy, many_forwards_batch
@@ -153,7 +154,7 @@ def _curve_scores(score, images, start, end, ranks, counts, targets, batch_size,
     n, steps = images.shape[0], counts.numel()
     scores = torch.empty(n * steps, device=images.device)
     shape = (-1, 1, *images.shape[2:])
-    for first in tqdm(range(0, n * steps, batch_size), desc=desc, disable=not progress,
+    for first in tqdm(range(0, n * steps, batch_size), desc=desc, disable=bar_disable(progress),
                       leave=False):
         pairs = torch.arange(first, min(first + batch_size, n * steps), device=images.device)
         i, k = pairs // steps, pairs % steps

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.errors import VistoolError
+from ..core.progress import bar_disable
 from ..core.zoo import LoadedModel
 
 __all__ = ["SanityResult", "randomisable_layers", "randomisation_check", "spearman", "ssim"]
@@ -130,7 +131,8 @@ def randomisation_check(model: LoadedModel | nn.Module, images: torch.Tensor,
     victim = copy.deepcopy(net)
     victims = dict(victim.named_modules())
     rho, sim, maps = [], [], [original[0]]
-    for step, name in enumerate(tqdm(order, desc="sanity", disable=not progress, leave=False)):
+    bar = tqdm(order, desc="sanity", disable=bar_disable(progress), leave=False)
+    for step, name in enumerate(bar):
         with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
             torch.manual_seed(seed + step)
             victims[name].reset_parameters()

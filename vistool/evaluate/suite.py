@@ -18,7 +18,7 @@ from ..explainers.cam import ConstantMapWarning, explain
 from ..explainers.names import ATTRIBUTION_METHODS, CAM_METHODS
 from . import faithfulness as faith
 from . import localisation as loc
-from .names import EVAL_METHODS, HIGHER_IS_BETTER, LOCALISATION, METRICS
+from .names import EVAL_METHODS, HIGHER_IS_BETTER, LOCALISATION, METRIC_SPECS, METRICS, Measuring
 from .sanity import SanityResult, randomisation_check
 
 __all__ = ["EVAL_METHODS", "Evaluation", "bootstrap", "evaluate", "explanation_maps", "predicted"]
@@ -108,44 +108,16 @@ def _span(hits: torch.Tensor) -> torch.Tensor:
     return (ahead & behind).bool()
 
 
-def _localisation(name, maps, masks, boxes, tolerance) -> torch.Tensor:
-    """The pointing game and its energy version on the boxes; relevance mass and IoU on the
-    object masks."""
-    if name == "pointing_game":
-        return loc.pointing_game(maps, boxes, tolerance)
-    if name == "energy_pointing_game":
-        return loc.relevance_mass(maps, boxes)
-    if name == "relevance_mass":
-        return loc.relevance_mass(maps, masks)
-    return loc.iou(maps, masks)
-
-
 def _measure(ev: Evaluation, method, score, images, maps, targets, metrics, masks, boxes,
              options) -> None:
-    """Every metric of one method's maps; ``score`` (a :class:`faith.Scorer`) runs the model
-    for all faithfulness metrics."""
-    values, curves = ev.values.setdefault(method, {}), ev.curves.setdefault(method, {})
+    """Every metric of one method's maps, as :data:`~vistool.evaluate.names.METRIC_SPECS`
+    says; ``score`` (a :class:`faith.Scorer`) runs the model for all faithfulness metrics."""
+    values = ev.values.setdefault(method, {})
+    m = Measuring(maps, images, targets, None if masks is None else masks.to(maps.device),
+                  None if boxes is None else boxes.to(maps.device), score,
+                  curves=ev.curves.setdefault(method, {}), **options)
     for name in metrics:
-        if name in LOCALISATION:
-            values[name] = _localisation(name, maps, masks.to(maps.device),
-                                         boxes.to(maps.device), options["tolerance"])
-        elif name == "sparseness":
-            values[name] = loc.sparseness(maps)
-        elif name in ("deletion_auc", "insertion_auc"):
-            mode = name.split("_")[0]
-            curves[mode] = faith.perturbation_curve(score, images, maps, targets, mode,
-                                                    options["steps"], options["baseline"],
-                                                    progress=options["progress"])
-            values[name] = curves[mode].auc
-        elif name in ("average_drop", "increase_in_confidence") and name not in values:
-            values["average_drop"], values["increase_in_confidence"] = faith.confidence_change(
-                score, images, maps, targets)
-        elif name.startswith("road_"):
-            order = name.split("_")[1]
-            curves[f"road-{order}"] = faith.road_curve(score, images, maps, targets, order,
-                                                       seed=options["seed"],
-                                                       progress=options["progress"])
-            values[name] = curves[f"road-{order}"].auc
+        values[name] = METRIC_SPECS[name].measure(m)
     ev.values[method] = {name: values[name] for name in metrics}
 
 
@@ -205,7 +177,7 @@ def evaluate(model: LoadedModel | nn.Module, images: torch.Tensor, targets: torc
     options = {"steps": steps, "baseline": baseline, "tolerance": tolerance, "seed": seed,
                "progress": progress}
     ev = Evaluation()
-    needs_model = set(metrics) - {*LOCALISATION, "sparseness"}
+    needs_model = any(METRIC_SPECS[name].needs == "model" for name in metrics)
     score = faith.Scorer(model, images, batch_size) if needs_model else None  # one copy
     for method in methods:
         maps = explanation_maps(model, images, method, targets, layer, seed)

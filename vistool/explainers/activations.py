@@ -13,6 +13,7 @@ from ..core.hooks import record
 from ..core.layout import detect, grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
+from ..render import channel_grid, png_bytes
 
 __all__ = ["ActivationResult", "activations", "channel_stats"]
 
@@ -24,11 +25,19 @@ class ActivationResult:
     says what each was — and the output as it is otherwise (e.g. (N, F) of a linear layer).
 
     ``logits`` is the model output for the batch (N, classes), kept for labelling.
+
+    In a notebook the result shows itself: the first image's channels of the first layer
+    (at most 64, each scaled on its own), as ``vistool activations`` draws them.
     """
 
     layers: dict[str, torch.Tensor]
     logits: torch.Tensor | None
     layouts: dict[str, str | None] = field(default_factory=dict)
+
+    def _repr_png_(self) -> bytes:
+        first = next(iter(self.layers.values()))[0].detach().cpu()
+        first = first if first.dim() == 3 else first.flatten()  # no grid: 1 x 1 cells
+        return png_bytes(channel_grid(first[:64]))
 
 
 def activations(model: LoadedModel | nn.Module, images: torch.Tensor,

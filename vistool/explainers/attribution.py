@@ -21,9 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ..core.errors import TargetError, VistoolError, suggestion
+from ..core.progress import bar_disable
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import normalize
+from ..render import apply_colormap, image_grid, normalize, png_bytes
 from .cam import Targets, _resolve_targets, explain
 from .names import ATTRIBUTION_METHODS
 
@@ -39,6 +40,8 @@ class AttributionResult:
         raw: the attribution itself, (N, C, H, W), signed.
         targets, scores, probs, logits: as in :class:`~vistool.cam.CamResult` (no topk).
         method: the method; smooth: NoiseTunnel samples (0 for none).
+
+    In a notebook the result shows itself: the maps, colour-mapped, one per image.
     """
 
     maps: torch.Tensor
@@ -49,6 +52,9 @@ class AttributionResult:
     logits: torch.Tensor
     method: str
     smooth: int
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(image_grid(apply_colormap(self.maps.detach().float().cpu(), "jet")))
 
 
 @contextlib.contextmanager
@@ -173,7 +179,7 @@ def _progress_bar(method: str, images: torch.Tensor, steps: int, window: int, st
         per_input = 1
     slow = method in ("ig", "occlusion") or smooth > 0
     return tqdm(total=per_input * max(smooth, 1), desc=method, unit="pass",
-                disable=not (progress and slow), leave=False)
+                disable=bar_disable(progress and slow), leave=False)
 
 
 def _run(algo: Any, images: torch.Tensor, method: str, smooth: int, noise: float, seed: int,

@@ -18,7 +18,7 @@ import contextlib
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +27,13 @@ from tqdm import tqdm
 
 from ..core.errors import TargetError, VistoolError, suggestion
 from ..core.hooks import record, replaced_output
+from ..core.imageio import deprocess
 from ..core.layers import default_layer as find_default_layer
 from ..core.layout import GridView, ReshapeView, grid_view
+from ..core.progress import bar_disable
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import normalize
+from ..render import apply_colormap, image_grid, normalize, overlay, png_bytes
 from .inference import inference_copy, many_forwards_batch
 from .names import CAM_METHODS, GRADIENT_METHODS
 
@@ -67,6 +69,11 @@ class CamResult:
         logits: the model output (N, classes).
         layers: the explained layers; method: the method; closed_form: whether the
             gradients came from the closed form of a GAP + linear head.
+        inputs: the explained images as pictures (N, 3, H, W) in [0, 1] (the model's
+            normalisation undone; None when ``explain`` was given a bare ``nn.Module``).
+
+    In a notebook the result shows itself: each image with its map overlaid (one row per
+    image, one column per target with ``topk``; the maps alone without ``inputs``).
     """
 
     maps: torch.Tensor
@@ -78,6 +85,18 @@ class CamResult:
     layers: list[str]
     method: str
     closed_form: bool
+    inputs: torch.Tensor | None = field(default=None, repr=False)
+
+    def _repr_png_(self) -> bytes:
+        maps = self.maps.detach().float().cpu()
+        maps = maps[:, None] if maps.dim() == 3 else maps  # (N, k, H, W)
+        if self.inputs is None:
+            tiles = apply_colormap(maps, "jet")
+        else:
+            pictures = self.inputs.detach().float().cpu()
+            tiles = torch.stack([torch.stack([overlay(pictures[i], m) for m in row])
+                                 for i, row in enumerate(maps)])
+        return png_bytes(image_grid(tiles.flatten(0, 1), cols=maps.shape[1]))
 
 
 @dataclass
@@ -249,7 +268,7 @@ def _scorecam(ctx: _Context, act: torch.Tensor) -> torch.Tensor:
     out = act.new_zeros((n, k_targets, *act.shape[2:]))
     size = images.shape[2:]
     bar = tqdm(total=n * act.shape[1] if channels is None else n * min(channels, act.shape[1]),
-               desc="score-cam", disable=not ctx.progress, leave=False)
+               desc="score-cam", disable=bar_disable(ctx.progress), leave=False)
     for i in range(n):
         chosen = _select_channels(act[i], channels)
         a = act[i, chosen]  # (K', h, w)
@@ -294,7 +313,7 @@ def _ablationcam(ctx: _Context, layer: str, act: torch.Tensor) -> torch.Tensor:
         net = inference_copy(ctx.net, fuse=False)
         batch_size = many_forwards_batch(net, images, ctx.batch_size)
         drops = act.new_empty((n, targets.shape[1], k_channels))
-        bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=not ctx.progress,
+        bar = tqdm(total=n * k_channels, desc="ablation-cam", disable=bar_disable(ctx.progress),
                    leave=False)
         for i in range(n):
             for start in range(0, k_channels, batch_size):
@@ -460,9 +479,11 @@ def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
                          align_corners=False).reshape(n, k, *size)
 
 
-def _result(ctx: _Context, raw: dict[str, torch.Tensor], topk: int | None) -> CamResult:
+def _result(ctx: _Context, raw: dict[str, torch.Tensor], topk: int | None,
+            model: LoadedModel | nn.Module) -> CamResult:
     """Fuse the per-layer maps at input resolution, warn about constant ones (for the caller
-    of :func:`explain`) and drop the k axis without ``topk``."""
+    of :func:`explain`), drop the k axis without ``topk`` and keep the inputs as pictures
+    (when ``model`` says how they were normalised)."""
     size = ctx.images.shape[2:]
     fused = torch.stack([normalize(_upsample(r, size)) for r in raw.values()]).mean(0)
     maps = normalize(fused) if len(raw) > 1 else fused
@@ -480,7 +501,9 @@ def _result(ctx: _Context, raw: dict[str, torch.Tensor], topk: int | None) -> Ca
     return CamResult(maps=first(maps), raw={n: first(r) for n, r in raw.items()},
                      targets=first(index), scores=first(ctx.scores.detach()), probs=first(probs),
                      logits=ctx.logits, layers=ctx.layers, method=ctx.method,
-                     closed_form=ctx.closed_form)
+                     closed_form=ctx.closed_form, inputs=deprocess(
+                         ctx.images, model.mean, model.std) if isinstance(
+                         model, LoadedModel) else None)
 
 
 def explain(
@@ -542,7 +565,7 @@ def explain(
                        closed_form=closed, batch_size=batch_size, channels=channels,
                        progress=progress)
         raw = _MAPS[method](ctx)
-    return _result(ctx, raw, topk)
+    return _result(ctx, raw, topk, model)
 
 
 def fast_copy(model: LoadedModel | nn.Module, method: str, layers: Sequence[str],

@@ -30,15 +30,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ImageError, LayerError, VistoolError
 from ..core.hooks import forward_until
+from ..core.imageio import gaussian_blur as _gaussian
+from ..core.imageio import normalisation
+from ..core.imageio import resize as _resize
 from ..core.layers import resolve_layers
 from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
+from ..render import image_grid, png_bytes
 from . import objectives as obj
 
 __all__ = ["DreamResult", "deepdream", "guided", "octave_sizes", "roll", "tiled_gradient"]
@@ -60,6 +63,8 @@ class DreamResult:
             that step's update (the tile-area weighted mean of the tiles' objectives).
         layers: the dreamed layers.
         objective: the objective in words (``deepdream(features.28)`` ...).
+
+    In a notebook the result shows itself: the dreamed images.
     """
 
     images: torch.Tensor
@@ -68,6 +73,9 @@ class DreamResult:
     history: torch.Tensor
     layers: list[str]
     objective: str
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(image_grid(self.images.detach().cpu()))
 
 
 @dataclass(frozen=True)
@@ -163,18 +171,6 @@ def tiled_gradient(model: nn.Module, objective: obj.Objective, images: torch.Ten
     return grad, value
 
 
-def _gaussian(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``images`` blurred with a Gaussian of ``sigma`` pixels (separable, edges replicated)."""
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-taps**2 / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    out = F.pad(images, [radius] * 4, mode="replicate")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-
-
 def _step(model: nn.Module, objective: obj.Objective, images: torch.Tensor,
           generator: torch.Generator, ascent: _Ascent):
     """One step of jittered, tiled, normalised gradient ascent; returns (images, value)."""
@@ -202,13 +198,6 @@ def octave_sizes(height: int, width: int, octaves: int,
     """
     return [(max(1, round(height / octave_scale**k)), max(1, round(width / octave_scale**k)))
             for k in reversed(range(octaves))]
-
-
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == size:
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False,
-                         antialias=size[0] < images.shape[-2] or size[1] < images.shape[-1])
 
 
 def _runs(model: nn.Module, inputs: torch.Tensor, layers: Sequence[str]) -> dict | None:
@@ -325,18 +314,12 @@ def _objective(loaded: LoadedModel, layers: list[str], acts: dict, channel: int 
 
 def _features(loaded: LoadedModel, guide: torch.Tensor, layer: str) -> torch.Tensor:
     """The guide's output of ``layer`` at the guide's own size."""
-    mean, std = _normalisation(loaded)
+    mean, std = normalisation(loaded.mean, loaded.std, loaded.device)
     acts = _runs(loaded.model, (guide.to(mean) - mean) / std, [layer])
     if acts is None:
         raise ImageError(f"the guide ({guide.shape[-2]}x{guide.shape[-1]}) is too small for "
                          f"the network up to {layer}; use a larger guide image")
     return acts[layer]
-
-
-def _normalisation(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    device = loaded.device
-    return (torch.tensor(loaded.mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(loaded.std, device=device).view(1, -1, 1, 1))
 
 
 def _check_guide(guide: torch.Tensor | None, images: torch.Tensor,
@@ -397,7 +380,7 @@ def deepdream(loaded: LoadedModel, images: torch.Tensor, layers: str | Sequence[
     with preserved_state(loaded.model, eval_mode=True, frozen=True):
         acts = _check_size(loaded, tuple(images.shape[-2:]), names, octaves, octave_scale, tile)
         objective = _objective(loaded, names, acts, channel, guide)
-        mean, std = _normalisation(loaded)
+        mean, std = normalisation(loaded.mean, loaded.std, loaded.device)
         ascent = _Ascent(lr, jitter, tile, smooth, mean, std)
         sizes = octave_sizes(*images.shape[-2:], octaves, octave_scale)
         dreams, history = _dream(loaded.model, objective, images.to(mean), sizes, steps,

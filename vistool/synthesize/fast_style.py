@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import VistoolError
+from ..core.imageio import normalisation
 from ..core.zoo import LoadedModel
 from . import objectives
 from .objectives import INPUT
@@ -123,8 +124,7 @@ class PerceptualLoss:
                                "image(s): give one non-negative weight per style")
         self.model = loss_net.model.eval().requires_grad_(False)
         device = loss_net.device
-        self.mean = torch.tensor(loss_net.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(loss_net.std, device=device).view(1, -1, 1, 1)
+        self.mean, self.std = normalisation(loss_net.mean, loss_net.std, device)
         self.content_layers = resolve_style_layers(self.model, content_layers)
         self.style_layers = resolve_style_layers(self.model, style_layers)
         self.weights = (content_weight, style_weight, tv_weight)

@@ -15,11 +15,13 @@ from torch import nn
 
 from ..core.errors import LayerError, TargetError, VistoolError
 from ..core.hooks import OUTPUT, forward_until
+from ..core.imageio import normalisation
 from ..core.layers import resolve_layers
 from ..core.layout import grid_view
 from ..core.progress import Progress, progress_bar
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
+from ..render import image_grid, png_bytes
 from . import objectives as obj
 from .optimize import evaluate, optimize
 from .param import make_param
@@ -40,6 +42,8 @@ class FeatureVisualization:
         history: (steps, K) the objective at every step.
         layer: the layer of the channels (None for classes).
         kind: ``"channel"`` or ``"class"``.
+
+    In a notebook the result shows itself: the images as one grid, in target order.
     """
 
     images: torch.Tensor
@@ -49,6 +53,9 @@ class FeatureVisualization:
     history: torch.Tensor
     layer: str | None
     kind: str
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(image_grid(self.images.detach().cpu()))
 
 
 @dataclass(frozen=True)
@@ -191,8 +198,7 @@ def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, r
     from the rendered image that excites it most; each keeps the better of its two images."""
     images, plain, robust, history = result
     with preserved_state(loaded.model, eval_mode=True), torch.no_grad():
-        mean = torch.tensor(loaded.mean, device=loaded.device).view(1, -1, 1, 1)
-        std = torch.tensor(loaded.std, device=loaded.device).view(1, -1, 1, 1)
+        mean, std = normalisation(loaded.mean, loaded.std, loaded.device)
         acts = torch.cat([forward_until(loaded.model, (x.to(loaded.device) - mean) / std,
                                         [layer], gradients=False)[layer].mean((2, 3)).cpu()
                           for x in images.split(run.batch_size)])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..core.devices import DeviceConstant
 from ..core.hooks import OUTPUT
+from ..core.imageio import gaussian_blur
 
 __all__ = [
     "INPUT",
@@ -194,17 +195,8 @@ def blur(sigma: float = 0.5) -> Objective:
 
     def fn(acts):
         image = acts[INPUT]
-        radius = max(1, round(3 * sigma))
-        taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-        kernel = torch.exp(-taps**2 / (2 * sigma**2))
-        kernel = kernel / kernel.sum()
-        channels = image.shape[1]
-        with torch.no_grad():
-            padded = F.pad(image, [radius] * 4, mode="replicate")
-            smooth = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
-                              groups=channels)
-            smooth = F.conv2d(smooth, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1),
-                              groups=channels)
+        with torch.no_grad():  # the radius rounds 3·sigma (DeepDream's rounds it up)
+            smooth = gaussian_blur(image, sigma, radius=max(1, round(3 * sigma)))
         return -(image - smooth).pow(2).flatten(1).mean(1)
 
     return Objective(fn, [INPUT], f"blur({sigma})")

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..core.devices import model_device
 from ..core.hooks import forward_until, redirected_relus
+from ..core.imageio import normalisation
 from ..core.layout import detect
 from ..core.state import preserved_state
 from .objectives import INPUT, Objective
@@ -49,12 +50,6 @@ def _score(model: nn.Module, objective: Objective, images: torch.Tensor,
             acts[name] = view.to_grid(value)
     acts[INPUT] = images
     return objective(acts)
-
-
-def _normalisation(model: nn.Module, mean: Sequence[float], std: Sequence[float]):
-    device = model_device(model)
-    return (torch.tensor(mean, device=device).view(1, -1, 1, 1),
-            torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int, final_lr: float | None,
@@ -93,7 +88,7 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
     the images separately (every objective except ``diversity``) an image does not depend
     on the other images of its batch. ``callback(step, values)`` is called after every step.
     """
-    mean_t, std_t = _normalisation(model, mean, std)
+    mean_t, std_t = normalisation(mean, std, model_device(model))
     param = param.to(mean_t.device)
     weights = list(param.parameters())
     optimizer = torch.optim.Adam(weights, lr=lr)
@@ -123,7 +118,7 @@ def evaluate(model: nn.Module, objective: Objective, images: torch.Tensor,
              generators: Sequence[torch.Generator] | None = None, samples: int = 1) -> torch.Tensor:
     """The objective of ``images`` (N,), averaged over ``samples`` random transformations
     when ``transforms`` is given (transformation-robust score), else of the images as they are."""
-    mean_t, std_t = _normalisation(model, mean, std)
+    mean_t, std_t = normalisation(mean, std, model_device(model))
     images = images.to(mean_t.device)
     with preserved_state(model, eval_mode=True):
         if transforms is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from torch import nn
 
 from ..core.errors import LayerError, VistoolError, suggestion
 from ..core.hooks import forward_until
+from ..core.imageio import normalisation, resize
 from ..core.layers import layer_names
 from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
+from ..render import png_bytes
 from . import objectives
 from .objectives import INPUT
 
@@ -76,6 +79,8 @@ class StyleResult:
         sizes: (H, W) of each scale, coarse to fine.
         scale_starts: the row of ``history`` where each scale begins.
         layers: {"content": [...], "style": [...]}, the module names used.
+
+    In a notebook the result shows itself: the stylised image.
     """
 
     image: torch.Tensor
@@ -85,6 +90,9 @@ class StyleResult:
     sizes: list[tuple[int, int]]
     scale_starts: list[int]
     layers: dict[str, list[str]]
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self.image[0].detach().cpu())
 
 
 def gram_matrix(features: torch.Tensor) -> torch.Tensor:
@@ -230,12 +238,9 @@ def _with_avg_pooling(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``image`` resized (bilinear, antialiased) to ``size`` (H, W) and clamped to [0, 1]."""
-    if tuple(image.shape[-2:]) == size:
-        return image
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False,
-                         antialias=True).clamp(0, 1)
+#: ``image`` resized (bilinear, antialiased) to ``size`` (H, W) and clamped to [0, 1]; as it
+#: is when it has that size.
+_resize = functools.partial(resize, antialias=True, clamp=True)
 
 
 def _scaled(size: tuple[int, int], longer: int) -> tuple[int, int]:
@@ -499,8 +504,7 @@ def style_transfer(loaded: LoadedModel, content: torch.Tensor, styles: Sequence[
     names = _layers(loaded.model, content_layers, style_layers)
     work = _with_avg_pooling(loaded.model) if pooling == "avg" else loaded.model
     with preserved_state(work, eval_mode=True, frozen=True), torch.enable_grad():
-        setup = _Setup(work, torch.tensor(loaded.mean, device=content.device).view(1, -1, 1, 1),
-                       torch.tensor(loaded.std, device=content.device).view(1, -1, 1, 1),
+        setup = _Setup(work, *normalisation(loaded.mean, loaded.std, content.device),
                        names["content"], names["style"], blend,
                        (content_weight, style_weight, tv_weight), optimizer, steps,
                        _DEFAULT_LR[optimizer] if lr is None else lr, init)
