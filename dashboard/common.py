@@ -74,8 +74,7 @@ def get_model(spec: str, weights: str, device: str, newest: str
     serialises computations on it. ``newest`` is only part of the cache key."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", VistoolWarning)
-        # seed: random weights are the same network in every session
-        loaded = vistool.load_model(spec, weights=weights, device=device, seed=0)
+        loaded = vistool.load_model(spec, weights=weights, device=device)
     notices = []
     for warning in caught:
         if not issubclass(warning.category, VistoolWarning):

@@ -79,6 +79,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per worker: the workers share the cores
 
 
+@pytest.fixture
+def terminal(monkeypatch):
+    """``terminal()`` makes stderr say it is a terminal, where progress bars are drawn (a log
+    gets none). Call it in the test body: capsys and capfd replace stderr only then."""
+    return lambda: monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures(

@@ -91,7 +91,8 @@ def test_unknown_method_and_unsupported_smoothing():
                   "guided-gradcam", layer="0", smooth=2)
 
 
-def test_progress_bar_on_stderr_with_the_same_attributions(capfd):
+def test_progress_bar_on_stderr_with_the_same_attributions(capfd, terminal):
+    terminal()
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).eval()
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     quiet = attribute(model, x, "ig", smooth=2, steps=8, batch_size=4, seed=5)
@@ -107,7 +108,7 @@ def test_progress_bar_on_stderr_with_the_same_attributions(capfd):
 @pytest.mark.parametrize(("method", "smooth", "total"),
                          [("ig", 0, 6), ("ig", 3, 18), ("occlusion", 0, 1 + 3 * 2),
                           ("occlusion", 2, 2 * (1 + 3 * 2)), ("saliency", 4, 4)])
-def test_progress_bar_counts_every_forward_pass(monkeypatch, method, smooth, total):
+def test_progress_bar_counts_every_forward_pass(monkeypatch, terminal, method, smooth, total):
     from tqdm import tqdm
 
     from vistool.explainers import attribution
@@ -120,6 +121,7 @@ def test_progress_bar_counts_every_forward_pass(monkeypatch, method, smooth, tot
             bars.append(self)
 
     monkeypatch.setattr(attribution, "tqdm", Recording)
+    terminal()
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     x = torch.randn(3, 3, 10, 7)  # occlusion 4x4 patches, stride 3: 3 x 2 positions
@@ -131,7 +133,7 @@ def test_progress_bar_counts_every_forward_pass(monkeypatch, method, smooth, tot
     assert bars[-1].n == 0
 
 
-def test_attribute_cli_shows_progress_unless_json(capsys, tmp_path):
+def test_attribute_cli_shows_progress_unless_json(capsys, terminal, tmp_path):
     from PIL import Image
 
     from trainers.models import get_model
@@ -148,6 +150,7 @@ def test_attribute_cli_shows_progress_unless_json(capsys, tmp_path):
     Image.fromarray(torch.randint(0, 255, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
     argv = ["attribute", "--model", str(ckpt), "--method", "ig", "--steps", "4", "--smooth",
             "2", str(image)]
+    terminal()
     assert main([*argv, "--out", str(tmp_path / "shown")]) == 0
     assert "ig:" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "quiet"), "--json"]) == 0
