@@ -289,3 +289,9 @@ def test_progress_bar_only_when_asked(monkeypatch, kwargs, shown):
     assert out.startswith("\rsanity:   0%|")
     assert "0/2" in out
     assert out.endswith("\r") and "\n" not in out  # leave=False: the bar is wiped at the end
+
+
+def test_ssim_refuses_maps_too_small_for_a_window():
+    with pytest.raises(VistoolError, match=r"at least 3x3 pixels, got \(2, 5\)"):
+        ssim(torch.rand(1, 2, 5), torch.rand(1, 2, 5))
+    assert ssim(torch.ones(1, 3, 3), torch.ones(1, 3, 3)).item() == pytest.approx(1.0)

@@ -77,10 +77,14 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7, data_range: float = 
     """Mean structural similarity of each pair of maps (N, H, W), as scikit-image's
     ``structural_similarity`` with its defaults (7×7 uniform window, sample covariance,
     K1 = 0.01, K2 = 0.03, the border of half a window left out); maps smaller than the
-    window use the largest odd window that fits. Computed on the CPU in float64; returned
+    window use the largest odd window that fits (at least 3: smaller maps raise a
+    VistoolError). Computed on the CPU in float64; returned
     on ``a``'s device."""
     x, y = a[:, None].cpu().double(), b[:, None].cpu().double()
     side = min(x.shape[-2:])
+    if side < 3:  # a 1-pixel window has no sample variance
+        raise VistoolError(f"SSIM needs maps of at least 3x3 pixels, got "
+                           f"{tuple(x.shape[-2:])}; compare larger maps")
     window = min(window, side if side % 2 else side - 1)
 
     def mean(t):
