@@ -388,7 +388,7 @@ def _free_port() -> int:
 
 def test_ddp_two_processes_match_one(tmp_path):
     args = ["train", "lenet-digits", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-            "--quiet"]
+            "--limit-batches", "12", "--quiet"]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                     "-m", "vistool", *args, "--out",
@@ -412,7 +412,8 @@ def killed_run_resumes_to_the_same_weights(tmp_path, epochs: int, batch_size: in
     """A run killed once epoch 2 is under way, resumed, ends with the uninterrupted run's
     weights (with ``ENV``'s thread count; tests/test_threads.py runs it with 2)."""
     args = [sys.executable, "-m", "vistool", "train", "lenet-digits", "--epochs", str(epochs),
-            "--batch-size", str(batch_size), "--device", "cpu", "--quiet"]
+            "--batch-size", str(batch_size), "--limit-batches", "24", "--device", "cpu",
+            "--quiet"]
     subprocess.run([*args, "--out", str(tmp_path / "full")], check=True, env=ENV,
                    capture_output=True)
     run = tmp_path / "killed"

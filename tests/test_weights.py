@@ -163,3 +163,12 @@ def test_out_naming_a_file_is_one_line_and_the_file_is_kept(no_runs, image, caps
     assert status == 2 and len(err) == 1
     assert err[0] == f"vistool: error: --out '{target}' is a file; give a new or empty directory"
     assert target.read_text() == "mine"
+
+
+def test_random_weight_warnings_point_at_the_callers_line(no_runs):
+    with pytest.warns(RandomWeightsWarning) as book:
+        vistool.load_model("shapes_cnn", device="cpu")
+    with pytest.warns(RandomWeightsWarning) as factory:
+        vistool.load_model("torchvision.models:squeezenet1_1", device="cpu")
+    assert {(w.filename, w.category) for w in [*book, *factory]} == {
+        (__file__, RandomWeightsWarning)}

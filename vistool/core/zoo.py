@@ -301,7 +301,7 @@ def _from_factory(spec: str, weights: str) -> _Built:
                       if weights == "none" else "", random_weights=weights == "none")
     warnings.warn(f"{spec} was given no `weights` file, so its weights are whatever the factory "
                   "sets (random unless it loads weights itself); pass `weights=FILE`",
-                  RandomWeightsWarning, stacklevel=4)
+                  RandomWeightsWarning, stacklevel=5)
     return _Built(model, weights=f"as {spec} built it (no weights file)", random_weights=None)
 
 
@@ -330,7 +330,7 @@ def _from_book(name: str, weights: str) -> _Built:
         warnings.warn(
             f"{name} has no trained checkpoint in {cache_dir()} or runs/, so its weights are "
             f"RANDOM; train one with 'vistool train' (e.g. 'make demo' trains shapes_cnn) or "
-            "pass `weights=FILE`", RandomWeightsWarning, stacklevel=4)
+            "pass `weights=FILE`", RandomWeightsWarning, stacklevel=5)
     built = _Built(get_book_model(name), dict(book_defaults(name)),
                    "random initialisation" + (" (weights: none)" if weights == "none" else
                                               " (no trained checkpoint found)"), True)
