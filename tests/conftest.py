@@ -79,6 +79,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per worker: the workers share the cores
 
 
+#: Test files that take minutes: collected first, so that ``-n 2 --dist loadfile`` (which
+#: hands files out in collection order) runs them beside the rest instead of after it.
+LONG_FILES = ("test_demo.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: else as collected
+
+
 @pytest.fixture
 def terminal(monkeypatch):
     """``terminal()`` makes stderr say it is a terminal, where progress bars are drawn (a log
