@@ -20,6 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from vistool.evaluate.names import HIGHER_IS_BETTER
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- evaluation-table -->", "<!-- /evaluation-table -->"
 #: The metrics the README's table shows (the demo's results.json has them all).
@@ -75,9 +77,8 @@ def evaluation_table(demo: Path) -> str:
     """The demo's evaluation as a Markdown table: mean [95% interval] of a few metrics."""
     results = json.loads((demo / "13-evaluate" / "results.json").read_text())
     metrics = [m for m in TABLE_METRICS if m in next(iter(results["methods"].values()))]
-    arrows = {m: "↑" if results["methods"][next(iter(results["methods"]))][m][
-        "higher_is_better"] else "↓" for m in metrics}
-    lines = ["| method | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
+    lines = ["| method | " + " | ".join(f"{m} {'↑' if HIGHER_IS_BETTER[m] else '↓'}"
+                                       for m in metrics) + " |",
              "|" + "---|" * (len(metrics) + 1)]
     for method, values in results["methods"].items():
         cells = [f"{values[m]['mean']:.2f} [{values[m]['ci95'][0]:.2f}, "
