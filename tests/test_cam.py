@@ -242,7 +242,7 @@ def test_linear_head_detection():
     assert linear_head(mobilenet, "features", x) is None  # Linear-Hardswish-Linear head
     vgg = torchvision.models.vgg11(weights=None).eval()
     assert linear_head(vgg, "features", x) is None
-    with pytest.raises(VistoolError, match="CAM's closed form does not apply; use gradcam"):
+    with pytest.raises(VistoolError, match="cam's closed form does not apply; use gradcam"):
         explain(vgg, x, "cam", layer="features")
 
 
@@ -272,14 +272,14 @@ def test_topk_equals_explaining_each_class():
         torch.testing.assert_close(single.probs, top.probs[:, j])
 
 
-def test_multi_layer_fusion_is_mean_of_normalised_maps():
+def test_multi_layer_fusion_is_mean_of_normalised_upsampled_maps():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     fused = explain(model, x, "gradcam", targets=1, layer=["layer3", "layer4"])
-    parts = [explain(model, x, "gradcam", targets=1, layer=name).maps
-             for name in ("layer3", "layer4")]
-    torch.testing.assert_close(fused.maps, normalize((parts[0] + parts[1]) / 2), atol=1e-6,
+    parts = [F.interpolate(normalize(explain(model, x, "gradcam", targets=1, layer=name).raw[
+        name])[None], size=(64, 64), mode="bilinear") for name in ("layer3", "layer4")]
+    torch.testing.assert_close(fused.maps, normalize((parts[0] + parts[1])[0] / 2), atol=1e-6,
                                rtol=0)
     assert set(fused.raw) == {"layer3", "layer4"}
 

@@ -24,11 +24,12 @@ __all__ = ["COMMANDS", "EXIT_USAGE", "PARAMETER_FLAGS", "build_parser", "cli_mes
 
 EXIT_USAGE = 2
 COMMANDS = (
-    "models", "layers", "activations", "gradcam", "attribute", "filters", "train", "dashboard",
-    "style", "deepdream", "generate", "evaluate",
+    "models", "methods", "layers", "activations", "gradcam", "attribute", "filters", "train",
+    "dashboard", "style", "deepdream", "generate", "evaluate",
 )
 #: The flag of each library parameter whose flag is not ``--`` and its name with dashes.
-PARAMETER_FLAGS = {"spec": "--model", "final": "--out", "styles": "--style"}
+PARAMETER_FLAGS = {"spec": "--model", "final": "--out", "styles": "--style",
+                   "options": "--option"}
 
 
 def parameter_flag(name: str, value: str | None = None) -> str:

@@ -6,7 +6,9 @@ import argparse
 
 from ..explainers.names import CAM_METHODS, LAYOUTS
 from . import explaining
-from .options import positive_int
+from .options import key_value, positive_int
+
+FUSIONS = ("mean", "product")  # vistool.explainers.cam.FUSIONS
 
 
 def add_parser(sub) -> None:
@@ -22,6 +24,21 @@ def add_parser(sub) -> None:
     p.add_argument("--part", choices=("discriminator",),
                    help="explain a GAN checkpoint's discriminator as a classifier of the "
                         "classes real and fake (--target fake: what looks generated)")
+    p.add_argument("--fuse", choices=FUSIONS,
+                   help="how the maps of several --layer combine: mean (pytorch-grad-cam's) or "
+                        "product (RefineCAM's) of the normalised maps (default: the method's "
+                        "own, refinecam: product, else mean)")
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="average the maps of six test-time augmentations (horizontal flip x "
+                        "0.9, 1, 1.1 times the input), each flipped back (6x the time)")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="the first principal component of the weighted activations instead "
+                        "of their channel sum (less noise; for the methods whose map is such "
+                        "a sum)")
+    p.add_argument("--option", type=key_value, action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="one of the method's own options, e.g. --option k=3 for fem; "
+                        "'vistool methods' lists every method's options")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="how the layer's output holds its grid: nchw, nhwc (channels-last, "
                         "Swin) or tokens ((N, [class token +] H*W, D), ViT); auto detects it "
@@ -43,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
         result = explain(fast.get("net", loaded), batch, args.method, targets=target,
                          layer=layers if len(layers) > 1 else layers[0],
                          topk=args.topk, channels=args.channels, progress=not args.json,
-                         layout=args.layout)
+                         layout=args.layout, fuse=args.fuse, aug_smooth=args.aug_smooth,
+                         eigen_smooth=args.eigen_smooth, options=dict(args.option))
         return result, result.raw  # per layer (N, [k,] h, w)
 
     return explaining.run(args, compute, {"topk": args.topk, "channels": args.channels,
-                                          "layout": args.layout})
+                                          "layout": args.layout, "fuse": args.fuse,
+                                          "aug_smooth": args.aug_smooth,
+                                          "eigen_smooth": args.eigen_smooth,
+                                          "options": dict(args.option)})

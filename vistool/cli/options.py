@@ -63,6 +63,14 @@ def floats(text: str) -> list[float]:
             f"expected comma-separated numbers, got {text!r}") from None
 
 
+def key_value(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=VALUE``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def channel_list(text: str) -> list[int]:
     """``0-31`` / ``0,4,9-12`` -> list of channel indices."""
     out: list[int] = []

@@ -1,0 +1,60 @@
+"""KPCA-CAM (Karmani et al., 2024): Eigen-CAM with kernel PCA, the first kernel principal
+component of the positions' activation vectors; class-agnostic, no gradients."""
+
+import torch
+
+from ._base import CamMethod, Param, per_layer
+
+KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
+
+
+def _kernel(x: torch.Tensor, kernel: str, gamma: float, coef0: float = 1.0,
+            degree: int = 3) -> torch.Tensor:
+    """scikit-learn's pairwise kernels of the rows of ``x`` (n, d) -> (n, n)."""
+    if kernel == "rbf":
+        return torch.exp(-gamma * torch.cdist(x, x).pow(2))
+    if kernel == "cosine":
+        unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return unit @ unit.T
+    dot = x @ x.T
+    if kernel == "linear":
+        return dot
+    if kernel == "poly":
+        return (gamma * dot + coef0).pow(degree)
+    return torch.tanh(gamma * dot + coef0)
+
+
+def kernel_projection(act: torch.Tensor, kernel: str = "sigmoid",
+                      gamma: float | None = None) -> torch.Tensor:
+    """(N, K, h, w) -> (N, h, w): each position's score on the first kernel principal
+    component (scikit-learn's ``KernelPCA(n_components=1).fit_transform`` of the centred
+    (h*w, K) activations, its sign as scikit-learn fixes it: the largest magnitude
+    positive)."""
+    n, k, h, w = act.shape
+    out = []
+    for x in act.reshape(n, k, h * w).transpose(1, 2).double():
+        x = torch.nan_to_num(x)
+        x = x - x.mean(0)
+        gram = _kernel(x, kernel, 1.0 / k if gamma is None else gamma)
+        centred = gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
+        values, vectors = torch.linalg.eigh(centred)
+        value, vector = values[-1].clamp_min(0), vectors[:, -1]
+        if vector.amin().abs() > vector.amax().abs():
+            vector = -vector
+        out.append(vector * value.sqrt())
+    return torch.stack(out).reshape(n, h, w).to(act.dtype)
+
+
+def _map(ctx, name):
+    gamma = ctx.options["gamma"]
+    proj = kernel_projection(ctx.grid(name), str(ctx.options["kernel"]),
+                             None if float(gamma) <= 0 else float(gamma))
+    return proj[:, None].clamp_min(0).expand(-1, ctx.scores.shape[1], -1, -1)
+
+
+METHOD = CamMethod(
+    "kpcacam", per_layer(_map), "first kernel principal component of the activations "
+    "(class-agnostic)",
+    params={"kernel": Param("sigmoid", "the kernel", KERNELS),
+            "gamma": Param(0.0, "the kernel's gamma; 0: 1 / channels (scikit-learn's default)")},
+    reference="pytorch_grad_cam.KPCA_CAM (scikit-learn KernelPCA)")
