@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,7 +155,6 @@ def test_guided_gradcam_equals_captum():
 # The peers' classes for our methods: pytorch-grad-cam follows the papers' formulas for all
 # three; torch-cam's Grad-CAM++ is left out (its alpha's division is a no-op on a copy, so its
 # weights are sum(relu(G) * G²): not the paper's).
-GRAD_CAM_PEERS = {"gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM"}
 TORCH_CAM_PEERS = {"xgradcam": "XGradCAM", "layercam": "LayerCAM"}
 
 
@@ -175,28 +173,6 @@ def _not_flat(maps: torch.Tensor) -> None:
     """Every map has a positive peak and is not constant (a zero map would agree with any)."""
     flat = maps.flatten(1)
     assert (flat.amax(1) > 0).all() and (flat.amax(1) > flat.amin(1)).all(), flat.amax(1)
-
-
-@pytest.mark.parametrize("layer", ["layer3", "layer4"])
-@pytest.mark.parametrize("method", list(GRAD_CAM_PEERS))
-def test_gradient_cams_equal_pytorch_grad_cam(peer_resnet, method, layer):
-    gc = require_peer("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.image import scale_cam_image
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    model, x, top = peer_resnet
-    for targets in top.T:
-        ours = explain(model, x, method, targets=targets, layer=layer)
-        assert ours.closed_form == (layer == "layer4")
-        raw = ours.raw[layer]
-        _not_flat(raw)
-        with getattr(gc, GRAD_CAM_PEERS[method])(model, [model.get_submodule(layer)]) as peer:
-            theirs = peer(x, [ClassifierOutputTarget(int(t)) for t in targets])  # (N, H, W)
-        _not_flat(torch.from_numpy(theirs))
-        # their pipeline after the method's map: ReLU, min-max scaling, cv2's resize, scaling
-        expected = scale_cam_image(scale_cam_image(raw.numpy(), tuple(x.shape[:1:-1])))
-        np.testing.assert_allclose(expected, theirs, rtol=0, atol=2e-5)
-        assert (ours.maps - torch.from_numpy(theirs)).abs().max() < 0.05  # resize, then scale
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer4"])
@@ -220,7 +196,7 @@ def test_gradient_cams_equal_torch_cam(peer_resnet, method, layer):
 def test_closed_form_equals_generic_path_on_random_weights(method):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
-    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     fast = explain(model, x, method, topk=2, batch_size=128)
     slow = explain(model, x, method, topk=2, closed_form=False, batch_size=128)
     assert fast.closed_form

@@ -57,7 +57,7 @@ def test_a_missing_peer_skips_with_its_reason_and_fails_in_ci(monkeypatch):
 
 def test_the_peers_are_there():
     """`make test` installs them where the tests find them, each its pinned version (their
-    tests compare with them: tests/test_cam.py, tests/test_quality.py)."""
+    tests compare with them: tests/test_cam_peers.py, tests/test_cam.py, tests/test_quality.py)."""
     from importlib.metadata import version
 
     require_peer("ttach")  # puts .venv/peers on sys.path (a quick import)

@@ -31,8 +31,8 @@ def kernel_projection(act: torch.Tensor, kernel: str = "sigmoid",
     (h*w, K) activations, its sign as scikit-learn fixes it: the largest magnitude
     positive)."""
     n, k, h, w = act.shape
-    out = []
-    for x in act.reshape(n, k, h * w).transpose(1, 2).double():
+    out = []  # in float64 on the CPU (MPS has no float64): small (h*w)^2 eigenproblems
+    for x in act.reshape(n, k, h * w).transpose(1, 2).cpu().double():
         x = torch.nan_to_num(x)
         x = x - x.mean(0)
         gram = _kernel(x, kernel, 1.0 / k if gamma is None else gamma)
@@ -42,7 +42,7 @@ def kernel_projection(act: torch.Tensor, kernel: str = "sigmoid",
         if vector.amin().abs() > vector.amax().abs():
             vector = -vector
         out.append(vector * value.sqrt())
-    return torch.stack(out).reshape(n, h, w).to(act.dtype)
+    return torch.stack(out).reshape(n, h, w).to(act.device, act.dtype)
 
 
 def _map(ctx, name):
