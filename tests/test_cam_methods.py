@@ -185,7 +185,19 @@ def test_bad_requests_name_the_parameter(x, kwargs, message):
     assert message in str(error.value)
 
 
-def test_a_method_from_an_entry_point_appears_everywhere(tmp_path):
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "net.safetensors"
+    save_checkpoint(path, get_model("shapes_cnn", num_classes=3, width=4),
+                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
+                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
+                     "mean": [0.5] * 3, "std": [0.25] * 3})
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    return path
+
+
+def test_a_method_from_an_entry_point_appears_everywhere(tmp_path, checkpoint):
     """A toy method installed the way a third-party package installs it (a dist-info folder
     on the path with its entry point) is in the names, ``explain``, ``evaluate``'s methods,
     the dashboard's list, ``vistool methods`` and ``vistool gradcam --method``."""
@@ -203,12 +215,6 @@ def test_a_method_from_an_entry_point_appears_everywhere(tmp_path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toycam\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[vistool.cams]\ntoycam = toycam:METHOD\n")
-    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "img.png")
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "net.safetensors", get_model("shapes_cnn", num_classes=3, width=4),
-                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
-                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
-                     "mean": [0.5] * 3, "std": [0.25] * 3})
     script = textwrap.dedent(f'''
         import json, sys, torch
         from vistool.explainers.names import CAM_METHODS
@@ -224,7 +230,7 @@ def test_a_method_from_an_entry_point_appears_everywhere(tmp_path):
         assert "toycam" in CAM_METHODS and "toycam" in EVAL_METHODS
         assert "toycam" in vistool.CAM_METHODS
         assert main(["methods", "--json"]) == 0
-        assert main(["gradcam", "--model", r"{tmp_path / 'net.safetensors'}", "--method",
+        assert main(["gradcam", "--model", r"{checkpoint}", "--method",
                      "toycam", "--out", r"{tmp_path / 'out'}", r"{tmp_path / 'img.png'}"]) == 0
     ''')
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path),
@@ -243,18 +249,6 @@ def test_a_method_from_an_entry_point_appears_everywhere(tmp_path):
 def _cli(capsys, *argv):
     status = main([str(a) for a in argv])
     return status, capsys.readouterr()
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "net.safetensors"
-    save_checkpoint(path, get_model("shapes_cnn", num_classes=3, width=4),
-                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
-                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
-                     "mean": [0.5] * 3, "std": [0.25] * 3})
-    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "img.png")
-    return path
 
 
 @pytest.mark.parametrize(("extra", "fragment"), [
