@@ -17,6 +17,19 @@ from PIL import Image
 from torch import nn
 
 
+def save_tiny_shapes_checkpoint(path: Path) -> Path:
+    """A seeded, untrained 3-class shapes CNN (width 4, 32²) saved as a vistool checkpoint."""
+    from trainers.models import get_model
+    from vistool.core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(path, get_model("shapes_cnn", num_classes=3, width=4),
+                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
+                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
+                     "mean": [0.5] * 3, "std": [0.25] * 3})
+    return path
+
+
 class TinyNet(nn.Module):
     """conv(1->2, 3x3) -> ReLU(inplace) -> GAP -> linear(2->3), on 1x6x6 input."""
 

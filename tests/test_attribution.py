@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import save_tiny_shapes_checkpoint
 from torch import nn
 
 from vistool import TargetError, VistoolError
@@ -136,16 +137,9 @@ def test_progress_bar_counts_every_forward_pass(monkeypatch, terminal, method, s
 def test_attribute_cli_shows_progress_unless_json(capsys, terminal, tmp_path):
     from PIL import Image
 
-    from trainers.models import get_model
     from vistool.cli import main
-    from vistool.core.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    ckpt = tmp_path / "best.safetensors"
-    save_checkpoint(ckpt, get_model("shapes_cnn", num_classes=3, width=4),
-                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
-                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
-                     "mean": [0.5] * 3, "std": [0.25] * 3})
+    ckpt = save_tiny_shapes_checkpoint(tmp_path / "best.safetensors")
     image = tmp_path / "one.png"
     Image.fromarray(torch.randint(0, 255, (32, 32, 3), dtype=torch.uint8).numpy()).save(image)
     argv = ["attribute", "--model", str(ckpt), "--method", "ig", "--steps", "4", "--smooth",

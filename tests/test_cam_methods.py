@@ -14,13 +14,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_shapes_checkpoint
 from PIL import Image
 from torch import nn
 
-from trainers.models import get_model
 from vistool import VistoolError
 from vistool.cli import main
-from vistool.core.checkpoint import save_checkpoint
 from vistool.explainers.cam import AUGMENTATIONS, explain
 from vistool.explainers.cams import methods
 from vistool.explainers.names import CAM_METHODS, builtin_cam_modules
@@ -172,6 +171,9 @@ def test_product_fusion_multiplies_the_normalised_maps(x):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"method": "eigencam", "eigen_smooth": True}, "`eigen_smooth` does not apply to eigencam"),
     ({"method": "gradcam", "fuse": "mean"}, "`fuse='mean'` combines several layers"),
+    ({"method": "gradcam", "closed_form": True}, "layer 'act' is not followed by global "
+     "average pooling and a linear classifier alone, so gradcam's closed form does not "
+     "apply; leave `closed_form` unset"),
     ({"method": "gradcam", "fuse": "max", "layer": ["conv", "act"]}, "is not a fusion"),
     ({"method": "fem", "options": {"q": 1}}, "fem has no option 'q' in `options` (its options: k)"),
     ({"method": "fem", "options": {"k": "x"}}, "fem's option k must be a float, not 'x'"),
@@ -187,12 +189,7 @@ def test_bad_requests_name_the_parameter(x, kwargs, message):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "net.safetensors"
-    save_checkpoint(path, get_model("shapes_cnn", num_classes=3, width=4),
-                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
-                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
-                     "mean": [0.5] * 3, "std": [0.25] * 3})
+    path = save_tiny_shapes_checkpoint(tmp_path / "net.safetensors")
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "img.png")
     return path
 

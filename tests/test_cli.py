@@ -10,23 +10,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_shapes_checkpoint
 from PIL import Image
 
 from trainers.models import get_model
 from vistool import activations, attribute, load_image, load_model
 from vistool.cli import main
-from vistool.core.checkpoint import save_checkpoint
 
 
 @pytest.fixture
 def shapes_ckpt(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "model" / "best.safetensors"
-    save_checkpoint(path, get_model("shapes_cnn", num_classes=3, width=4),
-                    {"arch": "shapes_cnn", "arch_kwargs": {"num_classes": 3, "width": 4},
-                     "classes": ["a", "b", "c"], "input_size": [3, 32, 32],
-                     "mean": [0.5] * 3, "std": [0.25] * 3})
-    return path
+    return save_tiny_shapes_checkpoint(tmp_path / "model" / "best.safetensors")
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..explainers.names import CAM_METHODS, LAYOUTS
+from ..explainers.names import CAM_METHODS, FUSIONS, LAYOUTS
 from . import explaining
 from .options import key_value, positive_int
-
-FUSIONS = ("mean", "product")  # vistool.explainers.cam.FUSIONS
 
 
 def add_parser(sub) -> None:

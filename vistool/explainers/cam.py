@@ -35,7 +35,7 @@ from ..core.zoo import LoadedModel
 from ..render import apply_colormap, image_grid, normalize, overlay, png_bytes
 from .cams import CamContext, CamMethod, methods
 from .inference import inference_copy
-from .names import CAM_METHODS
+from .names import CAM_METHODS, FUSIONS
 
 __all__ = [
     "AUGMENTATIONS",
@@ -264,10 +264,10 @@ def _heads(net: nn.Module, images: torch.Tensor, layers: list[str], spec: CamMet
     heads = {name: linear_head(net, name, images) for name in layers}
     missing = [name for name, head in heads.items() if head is None]
     if missing and (spec.head == "require" or closed_form):
+        remedy = "use gradcam" if spec.head == "require" else "leave `closed_form` unset"
         raise VistoolError(
             f"layer {missing[0]!r} is not followed by global average pooling and a "
-            f"linear classifier alone, so {spec.name}'s closed form does not apply; "
-            "use gradcam" if spec.head == "require" else "leave closed_form unset")
+            f"linear classifier alone, so {spec.name}'s closed form does not apply; {remedy}")
     return heads, not missing
 
 
@@ -449,9 +449,6 @@ def explain(
     if aug_smooth:
         return _aug_smoothed(request, images, targets)
     return _explain(request, images, targets)
-
-
-FUSIONS = ("mean", "product")
 
 
 @dataclass(frozen=True)

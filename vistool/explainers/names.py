@@ -13,7 +13,7 @@ import pkgutil
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-__all__ = ["ATTRIBUTION_METHODS", "CAM_METHODS", "ENTRY_POINT_GROUP", "LAYOUTS",
+__all__ = ["ATTRIBUTION_METHODS", "CAM_METHODS", "ENTRY_POINT_GROUP", "FUSIONS", "LAYOUTS",
            "builtin_cam_modules", "cam_entry_points"]
 
 ENTRY_POINT_GROUP = "vistool.cams"
@@ -35,3 +35,4 @@ CAM_METHODS = tuple(dict.fromkeys([*builtin_cam_modules(),
                                    *(point.name for point in cam_entry_points())]))
 ATTRIBUTION_METHODS = ("saliency", "ig", "guided-backprop", "guided-gradcam", "occlusion")
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")  # vistool.core.layout.LAYOUTS
+FUSIONS = ("mean", "product")  # how explain() combines several layers' maps

@@ -133,8 +133,8 @@ def principal_component(act: torch.Tensor, sign: str = "sum") -> torch.Tensor:
     with the channel sum (strong activations map high), ``"peak"`` makes its largest
     magnitude positive (Seg-Eigen-CAM's correction)."""
     n, k, h, w = act.shape
-    flat = act.reshape(n, k, h * w).transpose(1, 2).float()  # (N, hw, K)
-    centred = torch.nan_to_num(flat) - torch.nan_to_num(flat).mean(1, keepdim=True)
+    flat = torch.nan_to_num(act.reshape(n, k, h * w).transpose(1, 2).float())  # (N, hw, K)
+    centred = flat - flat.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     proj = (centred @ vh[:, 0, :, None])[..., 0]  # (N, hw)
     if sign == "sum":

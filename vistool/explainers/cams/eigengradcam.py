@@ -7,8 +7,7 @@ from ._base import CamMethod, per_layer, principal_component
 def _map(ctx, name):
     weighted = ctx.gradients(name) * ctx.grid(name)[:, None]  # (N, k, K, h, w)
     n, k = weighted.shape[:2]
-    grid = weighted.expand(-1, -1, -1, *ctx.grid(name).shape[2:])
-    return principal_component(grid.flatten(0, 1)).unflatten(0, (n, k)).clamp_min(0)
+    return principal_component(weighted.flatten(0, 1)).unflatten(0, (n, k)).clamp_min(0)
 
 
 METHOD = CamMethod(

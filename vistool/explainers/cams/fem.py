@@ -8,7 +8,7 @@ from ._base import CamMethod, Param, per_layer
 def _map(ctx, name):
     act = ctx.grid(name)
     flat = act.flatten(2)
-    threshold = flat.mean(2) + float(ctx.options["k"]) * flat.std(2, correction=0)
+    threshold = flat.mean(2) + ctx.options["k"] * flat.std(2, correction=0)
     weights = (flat > threshold[..., None]).to(act.dtype).mean(2)  # (N, K)
     k = ctx.scores.shape[1]
     return ctx.weighted_sum(weights[:, None].expand(-1, k, -1), act)

@@ -47,8 +47,7 @@ def kernel_projection(act: torch.Tensor, kernel: str = "sigmoid",
 
 def _map(ctx, name):
     gamma = ctx.options["gamma"]
-    proj = kernel_projection(ctx.grid(name), str(ctx.options["kernel"]),
-                             None if float(gamma) <= 0 else float(gamma))
+    proj = kernel_projection(ctx.grid(name), ctx.options["kernel"], gamma if gamma > 0 else None)
     return proj[:, None].clamp_min(0).expand(-1, ctx.scores.shape[1], -1, -1)
 
 

@@ -5,8 +5,7 @@ from ._base import CamMethod, per_layer, principal_component
 
 
 def _map(ctx, name):
-    act = ctx.grid(name)
-    weighted = (ctx.gradients(name).abs() * act[:, None]).expand(-1, -1, -1, *act.shape[2:])
+    weighted = ctx.gradients(name).abs() * ctx.grid(name)[:, None]  # (N, k, K, h, w)
     n, k = weighted.shape[:2]
     return principal_component(weighted.flatten(0, 1), sign="peak").unflatten(
         0, (n, k)).clamp_min(0)
