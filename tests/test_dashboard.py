@@ -124,6 +124,25 @@ def test_cam_methods_class_and_errors(small):
     assert _captions(app, 3)[0] == "gradcam"  # the other methods still show
 
 
+def test_cam_smoothing_toggles_change_the_maps_they_apply_to(small):
+    app = small
+    app.multiselect(key="cam_methods").set_value(["gradcam", "eigencam"]).run()
+
+    def urls():
+        return [img.proto.imgs[0].url for img in app.tabs[3].get("image")]
+
+    plain = urls()
+    app.toggle(key="cam_eigen_smooth").set_value(True).run()
+    assert not app.exception and not app.tabs[3].error
+    eigen = urls()
+    assert eigen[:2] != plain[:2] and eigen[2:] == plain[2:]  # gradcam changed, eigencam not
+    assert "eigen smoothing does not apply to eigencam" in [c.value for c in
+                                                           app.tabs[3].caption]
+    app.toggle(key="cam_aug_smooth").set_value(True).run()
+    assert not app.exception and not app.tabs[3].error
+    assert urls()[2:] != plain[2:]  # augmentation smoothing applies to every method
+
+
 def test_long_work_tabs_run_with_progress_and_downloads(small):
     app = small
     app.multiselect(key="fv_channels").set_value([0, 3])

@@ -18,25 +18,29 @@ from dashboard.common import (
     tab,
 )
 from vistool.evaluate.faithfulness import Scorer, perturbation_curve
+from vistool.explainers.cams import methods as cam_methods
 from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cam(key: tuple, digest: str, method: str, layer: str, target: int, _session: Session
-        ) -> dict:
-    """The map at input resolution and the raw layer map."""
+def cam(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
+        _session: Session) -> dict:
+    """The map at input resolution and the raw layer map; ``smoothing``: (aug_smooth,
+    eigen_smooth)."""
+    aug_smooth, eigen_smooth = smoothing
     with _session.lock:
         result = vistool.explain(_session.loaded, _session.batch, method, targets=target,
-                                 layer=layer, channels=32 if method == "scorecam" else None)
+                                 layer=layer, channels=32 if method == "scorecam" else None,
+                                 aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
     return {"map": result.maps[0].cpu().numpy(), "raw": result.raw[layer][0].cpu().numpy(),
             "closed_form": result.closed_form}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def scores(key: tuple, digest: str, method: str, layer: str, target: int, _session: Session
-           ) -> dict[str, float]:
+def scores(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
+           _session: Session) -> dict[str, float]:
     """The map's deletion and insertion AUC (16 steps: 34 forwards of the model)."""
-    found = cam(key, digest, method, layer, target, _session)
+    found = cam(key, digest, method, layer, target, smoothing, _session)
     maps = torch.from_numpy(found["map"])[None].to(_session.batch.device)
     with _session.lock:
         score = Scorer(_session.loaded, _session.batch)  # one model copy for both curves
@@ -46,10 +50,10 @@ def scores(key: tuple, digest: str, method: str, layer: str, target: int, _sessi
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def pictures(key: tuple, digest: str, method: str, layer: str, target: int, alpha: float,
-             colormap: str, _session: Session) -> tuple:
+def pictures(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
+             alpha: float, colormap: str, _session: Session) -> tuple:
     """The overlay and the raw map as pictures, and the overlay's PNG for the download."""
-    found = cam(key, digest, method, layer, target, _session)
+    found = cam(key, digest, method, layer, target, smoothing, _session)
     heat = torch.from_numpy(found["map"])
     view = vistool.deprocess(_session.batch, _session.loaded.mean, _session.loaded.std)[0]
     picture = to_uint8_hwc(enlarge(overlay(view.cpu(), heat, alpha, colormap), 256))
@@ -77,13 +81,26 @@ def render(session: Session) -> None:
     scored = right.toggle("Deletion / insertion AUC", key="cam_scores",
                           help="score each map by deleting and inserting its pixels in order "
                                "(34 forward passes per map)")
+    aug, eigen = st.columns(2)
+    aug_smooth = aug.toggle("Augmentation smoothing", key="cam_aug_smooth",
+                            help="the mean map of six test-time augmentations (flip x 0.9, 1, "
+                                 "1.1 times the input), each flipped back: six explanations")
+    eigen_smooth = eigen.toggle("Eigen smoothing", key="cam_eigen_smooth",
+                                help="the first principal component of the weighted "
+                                     "activations instead of their channel sum, for the "
+                                     "methods whose map is such a sum")
+    specs = cam_methods()
     for column, method in zip(st.columns(max(1, len(methods))), methods):
         with column, guard():
-            args = (session.key, session.digest, method, layer, int(target))
+            eigen_applies = eigen_smooth and specs[method].eigen_smooth
+            args = (session.key, session.digest, method, layer, int(target),
+                    (aug_smooth, eigen_applies))
             found = cam(*args, session)
             picture, raw, png, npy = pictures(*args, alpha, colormap, session)
             st.image(picture, caption=f"{method}{' (closed form)' if found['closed_form'] else ''}")
             st.image(raw, caption="raw map")
+            if eigen_smooth and not eigen_applies:
+                st.caption(f"eigen smoothing does not apply to {method}")
             if scored:
                 auc = scores(*args, session)
                 st.markdown(f"deletion AUC **{auc['deletion']:.3f}** ↓ · insertion AUC "

@@ -133,7 +133,8 @@ def principal_component(act: torch.Tensor, sign: str = "sum") -> torch.Tensor:
     with the channel sum (strong activations map high), ``"peak"`` makes its largest
     magnitude positive (Seg-Eigen-CAM's correction)."""
     n, k, h, w = act.shape
-    flat = torch.nan_to_num(act.reshape(n, k, h * w).transpose(1, 2).float())  # (N, hw, K)
+    exact = torch.promote_types(act.dtype, torch.float32)  # half in float32, float64 kept
+    flat = torch.nan_to_num(act.reshape(n, k, h * w).transpose(1, 2).to(exact))  # (N, hw, K)
     centred = flat - flat.mean(1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     proj = (centred @ vh[:, 0, :, None])[..., 0]  # (N, hw)
