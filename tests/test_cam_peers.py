@@ -35,7 +35,7 @@ PEERS = {
     "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
     "eigengradcam": "EigenGradCAM", "kpcacam": "KPCA_CAM", "fem": "FEM",
     "segeigencam": "SegEigenCAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM",
-    "refinecam": "RefineCAM",
+    "refinecam": "RefineCAM", "fullgrad": "FullGrad",
 }
 #: the methods pytorch-grad-cam lacks and what they are compared with instead
 ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale"}
@@ -113,9 +113,10 @@ def _not_flat(maps) -> None:
     assert (flat.amax(1) > 0).all() and (flat.amax(1) > flat.amin(1)).all(), flat.amax(1)
 
 
-def _their_pipeline(ours, layers, size, product: bool) -> np.ndarray:
+def _their_pipeline(ours, size, product: bool) -> np.ndarray:
     from pytorch_grad_cam.utils.image import scale_cam_image
 
+    layers = list(ours.raw)
     if product:  # RefineCAM: the product of each layer's map as one layer makes it
         per_layer = [scale_cam_image(scale_cam_image(ours.raw[n].numpy(), size)) for n in layers]
         return scale_cam_image(np.prod(per_layer, 0))
@@ -127,6 +128,8 @@ def _peer(gc, method, model, layers):
     modules = [model.get_submodule(n) for n in layers]
     if method == "refinecam":
         return gc.RefineCAM(model, modules)
+    if method == "fullgrad":  # it finds its layers itself (and says so if given some)
+        return gc.FullGrad(model, [])
     return getattr(gc, PEERS[method])(model, modules)
 
 
@@ -153,12 +156,12 @@ def test_each_method_equals_pytorch_grad_cam(gc, nets, net, method):
     if method in ("scorecam", "ablationcam"):
         x = x[:1]  # a forward per channel: one image is enough
     ours = explain(model, x, method, layer=layers, batch_size=64)
-    for name in layers:
-        _not_flat(ours.raw[name])
+    for raw in ours.raw.values():
+        _not_flat(raw)
     with torch.enable_grad():
         theirs = _call(_peer(gc, method, model, layers), method, x, ours.targets)
     _not_flat(theirs)
-    expected = _their_pipeline(ours, layers, tuple(x.shape[:1:-1]), method == "refinecam")
+    expected = _their_pipeline(ours, tuple(x.shape[:1:-1]), method == "refinecam")
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=TOLERANCE)
 
 
@@ -173,7 +176,7 @@ def test_eigen_smooth_equals_pytorch_grad_cam(gc, nets, method):
     with torch.enable_grad():
         theirs = _call(_peer(gc, method, model, layers[-1:]), method, x, ours.targets,
                        eigen_smooth=True)
-    expected = _their_pipeline(ours, layers[-1:], tuple(x.shape[:1:-1]), False)
+    expected = _their_pipeline(ours, tuple(x.shape[:1:-1]), False)
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=TOLERANCE)
 
 
@@ -182,5 +185,5 @@ def test_fused_layers_equal_pytorch_grad_cams_mean(gc, nets):
     ours = explain(model, x, "gradcam", layer=layers, fuse="mean")
     with torch.enable_grad():
         theirs = _call(_peer(gc, "gradcam", model, layers), "gradcam", x, ours.targets)
-    expected = _their_pipeline(ours, layers, tuple(x.shape[:1:-1]), False)
+    expected = _their_pipeline(ours, tuple(x.shape[:1:-1]), False)
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=TOLERANCE)
