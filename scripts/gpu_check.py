@@ -151,8 +151,12 @@ def build_checks(inputs: dict[str, Path], quick: bool, gpus: int, cpu: bool) -> 
     model = ["--model", "resnet18", "--weights", "none", "--input-size", size]
     first = str(inputs["first"])
     checks: list[Check] = []
+    few = {"scorecam": ["--channels", "16"] if quick else [],  # a forward per channel
+           "sscam": ["--channels", "16", "--option", "samples=8"],  # (and sample)
+           "iscam": ["--channels", "16"],
+           "sess": ["--option", "scales=3"] if quick else []}  # (a base map per window)
     for method in CAM_METHODS:
-        extra = ["--channels", "16"] if method == "scorecam" and quick else []
+        extra = few.get(method, [])
         checks.append(Check(f"cam {method}", lambda d, o, m=method, e=extra: [
             "gradcam", *model, "--method", m, *e, first, "--device", d, "--out", str(o)],
             _npy_difference, 2e-2))

@@ -180,6 +180,9 @@ def test_product_fusion_multiplies_the_normalised_maps(x):
     ({"method": "kpcacam", "options": {"kernel": "tri"}}, "must be one of sigmoid, rbf"),
     ({"method": "gradcam", "options": {"k": 1}}, "gradcam has no option 'k' in `options` "
                                                  "(its options: none)"),
+    ({"method": "sess", "options": {"base": "sess"}}, "sess's option base must be another CAM "
+                                                      "method, not 'sess'"),
+    ({"method": "sess", "options": {"pool": "min"}}, "sess's option pool must be one of mean, max"),
 ])
 def test_bad_requests_name_the_parameter(x, kwargs, message):
     with pytest.raises(VistoolError) as error:

@@ -27,6 +27,7 @@ from conftest import require_peer
 import vistool
 from vistool.explainers.cam import explain
 from vistool.explainers.names import CAM_METHODS
+from vistool.render import normalize
 
 #: method -> pytorch-grad-cam's class
 PEERS = {
@@ -35,10 +36,19 @@ PEERS = {
     "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
     "eigengradcam": "EigenGradCAM", "kpcacam": "KPCA_CAM", "fem": "FEM",
     "segeigencam": "SegEigenCAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM",
-    "refinecam": "RefineCAM", "fullgrad": "FullGrad",
+    "refinecam": "RefineCAM", "fullgrad": "FullGrad", "randomcam": "RandomCAM", "sess": "SESS",
 }
-#: the methods pytorch-grad-cam lacks and what they are compared with instead
+#: the methods pytorch-grad-cam lacks, compared with torch-cam's: method -> its class and
+#: our options (fewer samples than the defaults: a forward per channel and sample)
+TORCHCAM = {"sscam": ("SSCAM", {"samples": 2, "seed": 3}), "iscam": ("ISCAM", {"samples": 3}),
+            "smoothgradcam++": ("SmoothGradCAMpp", {"seed": 3})}
+#: the methods neither peer has and what they are compared with instead
 ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale"}
+#: our options in the comparison with pytorch-grad-cam (and its arguments to match). SESS:
+#: four scales, and only values above 1e-3 count in the mean of the windows' maps: at
+#: pytorch-grad-cam's theta=0, whether a pixel counts is float rounding's call (a map value
+#: that is 0 in one implementation is 1e-9 in the other), which moves the mean by up to 0.1.
+OPTIONS = {"sess": ({"scales": 4, "theta": 1e-3}, {"num_scales": 4, "theta": 1e-3})}
 
 
 #: (method, net) -> why pytorch-grad-cam's answer is not the method's there
@@ -51,7 +61,7 @@ TOLERANCE = 5e-5
 
 
 def test_every_method_has_a_reference():
-    assert set(CAM_METHODS) == set(PEERS) | set(ELSEWHERE)
+    assert set(CAM_METHODS) == set(PEERS) | set(TORCHCAM) | set(ELSEWHERE)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +140,10 @@ def _peer(gc, method, model, layers):
         return gc.RefineCAM(model, modules)
     if method == "fullgrad":  # it finds its layers itself (and says so if given some)
         return gc.FullGrad(model, [])
+    if method == "sess":
+        from pytorch_grad_cam.sess import SESS
+
+        return SESS(model, modules, base_method=gc.GradCAM, **OPTIONS[method][1])
     return getattr(gc, PEERS[method])(model, modules)
 
 
@@ -140,6 +154,8 @@ def _call(peer, method, x, targets, eigen_smooth=False):
         return peer(x, eigen_smooth=eigen_smooth)
     if method == "ablationcam":
         peer.batch_size = 64
+    if method == "randomcam":  # its weights: NumPy's global generator, ours seeded alike
+        np.random.seed(0)
     return peer(x, [ClassifierOutputTarget(int(t)) for t in targets], eigen_smooth=eigen_smooth)
 
 
@@ -155,7 +171,8 @@ def test_each_method_equals_pytorch_grad_cam(gc, nets, net, method):
         return
     if method in ("scorecam", "ablationcam"):
         x = x[:1]  # a forward per channel: one image is enough
-    ours = explain(model, x, method, layer=layers, batch_size=64)
+    ours = explain(model, x, method, layer=layers, batch_size=64,
+                   options=OPTIONS.get(method, ({},))[0])
     for raw in ours.raw.values():
         _not_flat(raw)
     with torch.enable_grad():
@@ -180,6 +197,22 @@ def test_eigen_smooth_equals_pytorch_grad_cam(gc, nets, method):
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=TOLERANCE)
 
 
+def test_sess_options_equal_pytorch_grad_cams(gc, nets):
+    """Every SESS option against pytorch-grad-cam's argument of the same meaning."""
+    from pytorch_grad_cam.sess import SESS
+
+    model, x, layers = nets["shapes"]
+    options = {"scales": 3, "scale_step": 0.5, "window": 48, "step": 20, "pre_filter": 0.3,
+               "pool": "max", "blur": 0.0, "weights": "score", "base": "gradcam++"}
+    ours = explain(model, x, "sess", layer=layers[-1], options=options)
+    _not_flat(ours.raw["input"])
+    peer = SESS(model, [model.get_submodule(layers[-1])], base_method=gc.GradCAMPlusPlus,
+                num_scales=3, scale_step_ratio=0.5, window_size=48, step_size=20,
+                pre_filter_ratio=0.3, pool="max", smooth=False, use_softmax_scores=False)
+    theirs = _call(peer, "sess", x, ours.targets)
+    np.testing.assert_allclose(ours.maps.numpy(), theirs, rtol=0, atol=TOLERANCE)
+
+
 def test_fused_layers_equal_pytorch_grad_cams_mean(gc, nets):
     model, x, layers = nets["resnet18"]
     ours = explain(model, x, "gradcam", layer=layers, fuse="mean")
@@ -187,3 +220,87 @@ def test_fused_layers_equal_pytorch_grad_cams_mean(gc, nets):
         theirs = _call(_peer(gc, "gradcam", model, layers), "gradcam", x, ours.targets)
     expected = _their_pipeline(ours, tuple(x.shape[:1:-1]), False)
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=TOLERANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch-cam: the methods pytorch-grad-cam lacks (and Score-CAM with torch-cam's masks). Its
+# maps are at layer resolution, min-max scaled; its noise comes from the global generator,
+# seeded in the test as ours is.
+
+
+@pytest.fixture(scope="module")
+def tc():
+    return require_peer("torchcam.methods")
+
+
+def _torch_cam(peer_class, model, x, layer, targets, seed=0, **kwargs) -> torch.Tensor:
+    with peer_class(model, target_layer=layer, input_shape=tuple(x.shape[1:]), **kwargs) as peer:
+        with torch.enable_grad():  # Smooth Grad-CAM++ back-propagates from these scores
+            scores = model(x)
+        torch.manual_seed(seed)
+        return peer(targets.tolist(), scores)[0].detach()
+
+
+@pytest.mark.parametrize("net", ["shapes", "resnet18", "convnext"])
+@pytest.mark.parametrize("method", ["scorecam", "sscam", "iscam"])
+def test_score_cam_family_equals_torch_cam(tc, nets, net, method):
+    model, x, layers = nets[net]
+    x, layer = x[:1], layers[-1]  # a forward per channel (and sample): one image
+    name, options = TORCHCAM.get(method, ("ScoreCAM", {"scaling": "layer"}))
+    ours = explain(model, x, method, layer=layer, options=options, batch_size=64)
+    _not_flat(ours.raw[layer])
+    extra = {"num_samples": options["samples"]} if "samples" in options else {}
+    theirs = _torch_cam(getattr(tc, name), model, x, layer, ours.targets,
+                        options.get("seed", 0), batch_size=64, **extra)
+    _not_flat(theirs)
+    torch.testing.assert_close(normalize(ours.raw[layer]), theirs, rtol=0, atol=TOLERANCE)
+
+
+def _as_in_the_paper(tc):
+    """torch-cam's SmoothGradCAMpp with its three deviations from the paper corrected: the
+    mean gradient (not the last sample's) in the weights, the activations' sum times the
+    third derivative (not the sum over space of their product) in alpha's denominator, and
+    the input's activations (not the last sample's) in the map."""
+
+    class AsInThePaper(tc.SmoothGradCAMpp):
+        def _compute_smoothgrad_weights(self, class_idx, eps, **kwargs):
+            clean = [a.clone() for a in self.hook_a]
+            sums = [[torch.zeros_like(a) for a in clean] for _ in range(3)]
+            for _ in range(self.num_samples):
+                noisy = self._input + self._distrib.sample(self._input.size())
+                self._backprop(self.model(noisy), class_idx, **kwargs)
+                for power, totals in enumerate(sums, 1):
+                    for total, grad in zip(totals, self.hook_g):
+                        total.add_(grad.pow(power))
+            self.hook_a = clean
+            weights = []
+            for d1, d2, d3, act in zip(*sums, clean):
+                d1, d2, d3 = (d / self.num_samples for d in (d1, d2, d3))
+                alpha = d2 / (2 * d2 + act.flatten(2).sum(-1)[..., None, None] * d3 + eps)
+                weights.append((alpha * d1.relu()).flatten(2).sum(-1))
+            return weights
+
+    return AsInThePaper
+
+
+@pytest.mark.parametrize("net", ["shapes", "resnet18", "convnext"])
+def test_smooth_gradcam_pp_equals_torch_cam_as_in_the_paper(tc, nets, net):
+    model, x, layers = nets[net]
+    layer = layers[-1]
+    ours = explain(model, x, "smoothgradcam++", layer=layer, options=TORCHCAM[
+        "smoothgradcam++"][1])
+    _not_flat(ours.raw[layer])
+    theirs = _torch_cam(_as_in_the_paper(tc), model, x, layer, ours.targets, 3)
+    torch.testing.assert_close(normalize(ours.raw[layer]), theirs, rtol=0, atol=TOLERANCE)
+    as_is = _torch_cam(tc.SmoothGradCAMpp, model, x, layer, ours.targets, 3)
+    assert (as_is - theirs).abs().max() > 1e-2  # the deviations change its maps here
+
+
+def test_smooth_gradcam_pp_equals_torch_cam_where_its_deviations_vanish(tc, nets):
+    """No noise (torch-cam refuses std=0: 1e-20 adds nothing), at the layer before global
+    pooling (the gradient is constant in space): torch-cam's SmoothGradCAMpp as it is."""
+    model, x, _ = nets["resnet18"]
+    ours = explain(model, x, "smoothgradcam++", layer="layer4", options={"std": 0.0})
+    _not_flat(ours.raw["layer4"])
+    theirs = _torch_cam(tc.SmoothGradCAMpp, model, x, "layer4", ours.targets, std=1e-20)
+    torch.testing.assert_close(normalize(ours.raw["layer4"]), theirs, rtol=0, atol=TOLERANCE)

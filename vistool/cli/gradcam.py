@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--topk", type=positive_int, metavar="K",
                    help="explain the K best classes of each image (instead of --target)")
     p.add_argument("--channels", type=positive_int, metavar="K",
-                   help="scorecam: use only the K highest-variance channels (Faster Score-CAM)")
+                   help="scorecam, sscam, iscam: use only the K highest-variance channels of each "
+                   "image (Faster Score-CAM)")
     p.add_argument("--part", choices=("discriminator",),
                    help="explain a GAN checkpoint's discriminator as a classifier of the "
                         "classes real and fake (--target fake: what looks generated)")

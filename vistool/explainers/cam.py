@@ -419,9 +419,11 @@ def explain(
         topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
         closed_form: use the closed form of a GAP + linear head: None detects it, False
             always back-propagates, True requires it. ``cam`` always requires it.
-        batch_size: masked forwards per batch (``scorecam``, ``ablationcam``); None: sized to
-            the memory (:func:`~vistool.inference.many_forwards_batch`).
-        channels: ``scorecam``: only the k highest-variance channels (Faster Score-CAM).
+        batch_size: masked forwards per batch (the Score-CAM family, ``ablationcam``; ``sess``:
+            windows per batch); None: sized to the memory (:func:`~vistool.inference.
+            many_forwards_batch`; ``sess``: 32).
+        channels: the Score-CAM family (``scorecam``, ``sscam``, ``iscam``): only the k
+            highest-variance channels of each image (Faster Score-CAM).
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT) (:func:`~vistool.
             core.layout.grid_view`); ``reshape``: output -> (N, C, H, W) for any other.
@@ -483,7 +485,8 @@ def _explain(request: _Request, images: torch.Tensor, targets: Targets) -> CamRe
                          views=views, index=index, scores=scores, logits=logits, heads=heads,
                          closed_form=closed, batch_size=request.batch_size,
                          channels=request.channels, progress=request.progress,
-                         eigen_smooth=request.eigen_smooth, options=request.options)
+                         eigen_smooth=request.eigen_smooth, layout=request.layout,
+                         reshape=request.reshape, options=request.options)
         raw = spec.maps(ctx)
     return _result(ctx, raw, request.topk, request.fuse, request.model)
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ...core.hooks import record
 from ...core.layout import GridView, ReshapeView
 
-__all__ = ["CamContext", "CamMethod", "Param", "per_layer", "principal_component"]
+__all__ = ["CamContext", "CamMethod", "Param", "gradients_at", "per_layer",
+           "principal_component"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class CamContext:
     channels: int | None
     progress: bool
     eigen_smooth: bool = False
+    layout: str = "auto"  # explain()'s layout= and reshape=, for methods that explain again
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -144,6 +148,22 @@ def principal_component(act: torch.Tensor, sign: str = "sum") -> torch.Tensor:
         flip = proj.amin(1).abs() > proj.amax(1).abs()
     proj = torch.where(flip[:, None], -proj, proj)
     return proj.reshape(n, h, w).to(act.dtype)
+
+
+def gradients_at(ctx: CamContext, images: torch.Tensor
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One more forward and backward pass, on ``images`` (shaped like ``ctx.images``) for
+    the same class indices: per layer, the detached output (N, K, h, w) and
+    ``d score / d A`` (N, k, K, h, w)."""
+    with torch.enable_grad(), record(ctx.net, ctx.layers, gradients=True) as rec:
+        output = ctx.net(images)
+        scores = (output.gather(1, ctx.index) if ctx.method.score is None
+                  else ctx.method.score(output, ctx.index, ctx.options))
+    other = CamContext(**{**ctx.__dict__, "images": images, "scores": scores, "acts": {
+        name: rec[name] for name in ctx.layers}, "_gradients": None})
+    grads = _autograd(other)
+    return ({name: other.grid(name) for name in ctx.layers},
+            {name: ctx.views[name].to_grid(g.detach(), lead=2) for name, g in grads.items()})
 
 
 def _closed_form(ctx: CamContext) -> dict[str, torch.Tensor]:
