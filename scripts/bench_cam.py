@@ -1,5 +1,11 @@
-"""Grad-CAM family speed, side by side in one run, printed as ratios (CPU by default).
+"""CAM speed, side by side in one run, printed as ratios (CPU by default).
 
+* Every method against its peer (``--sections methods``, scripts/cam_table.py): one table
+  method x (images forwarded, vistool s, peer s, speed-up, x the forward + backward
+  bound, max |difference|) on the trained shapes CNN (batch 8, 64²) and resnet50 (batch
+  8, 224²; on the CPU without the perturbation methods, which get resnet18 and one
+  224² image instead: 2048 channels x 8 images of resnet50 forwards take hours here).
+  SS-CAM and IS-CAM use ``--samples`` samples, ours and torch-cam's.
 * Grad-CAM on resnet50 (batch 8) and vgg16 (batch 4, features.28), 224²: vistool's
   generic path vs the lower bound (forward + autograd.grad to the layer), captum's
   LayerGradCam, torch-cam's GradCAM and pytorch-grad-cam's GradCAM.
@@ -155,6 +161,34 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
           f"mean {np.mean(corr):.4f}, min {np.min(corr):.4f}")
 
 
+def methods_section(device, repeats: int, samples: int) -> None:
+    from cam_table import PERTURBATION, every_method, methods_table
+
+    from trainers.recipes import pretrained_shapes_cnn
+    from vistool import load_image, load_model
+    from vistool.data.shapes import render_scene
+
+    options = {"sscam": {"samples": samples}, "iscam": {"samples": samples}}
+    loaded = load_model(str(pretrained_shapes_cnn(progress=False, log=lambda _line: None)),
+                        device=device)
+    rng = np.random.default_rng(0)
+    images = torch.stack([loaded.transform(load_image(render_scene(
+        rng, 64, [int(rng.integers(5))]).image)) for _ in range(8)]).to(device)
+    methods_table("Every method, the trained shapes CNN, batch 8, 64²", loaded.model, images,
+                  ["features", "features.12"], every_method(), options, "fc", repeats, device)
+    torch.manual_seed(0)
+    heavy = PERTURBATION if device.type == "cpu" else ()
+    model = torchvision.models.resnet50(weights=None).to(device)
+    x = torch.randn(8, 3, 224, 224, device=device)
+    methods_table(f"Every method{' but the perturbation ones' if heavy else ''}, resnet50, "
+                  f"batch 8, 224², {device}", model, x, ["layer4", "layer3"],
+                  every_method(exclude=heavy), options, "fc", repeats, device)
+    if heavy:
+        model = torchvision.models.resnet18(weights=None).to(device)
+        methods_table(f"The perturbation methods, resnet18, one 224² image, {device}", model,
+                      x[:1], ["layer4", "layer3"], list(heavy), options, "fc", repeats, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,18 +196,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per case")
     parser.add_argument("--fast-channels", type=int, default=64,
                         help="channels of Faster Score-CAM (default: %(default)s)")
-    parser.add_argument("--skip-scorecam", action="store_true", help="skip the Score-CAM part")
+    parser.add_argument("--sections", default="gradcam,scorecam,methods",
+                        help="comma-separated: gradcam (Grad-CAM, closed form, topk), scorecam "
+                        "(exact and fast vs the peers), methods (every method's table) "
+                        "(default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=2,
+                        help="methods: SS-CAM's and IS-CAM's samples (default: %(default)s)")
     parser.add_argument("--scorecam-rounds", type=int, default=5,
                         help="interleaved Score-CAM rounds (default: %(default)s)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    sections = args.sections.split(",")
     torch.manual_seed(0)
+    if "gradcam" in sections:
+        gradcam_section(device, args.repeats)
+    if "scorecam" in sections:
+        scorecam_section(device, args.fast_channels, args.scorecam_rounds)
+    if "methods" in sections:
+        methods_section(device, args.repeats, args.samples)
 
+
+def gradcam_section(device, repeats: int) -> None:
     for name, layer, batch in (("resnet50", "layer4", 8), ("vgg16", "features.28", 4)):
         model = torchvision.models.get_model(name, weights=None).eval().to(device)
         x = torch.randn(batch, 3, 224, 224, device=device)
         targets = model(x).argmax(1).tolist()
-        times = timeit(gradcam_cases(model, x, layer, targets), args.repeats, device)
+        times = timeit(gradcam_cases(model, x, layer, targets), repeats, device)
         report(f"Grad-CAM, {name} {layer}, batch {batch}, 224², {device}", times,
                "lower bound (forward + grad)")
 
@@ -188,16 +236,13 @@ def main() -> None:
         "plain forward": plain,
         "vistool gradcam (closed form)": lambda: explain(model, x, "gradcam"),
         "vistool gradcam topk=5 (closed)": lambda: explain(model, x, "gradcam", topk=5),
-    }, args.repeats, device)
+    }, repeats, device)
     report(f"Closed form, resnet50 layer4, batch 8, 224², {device}", times, "plain forward")
     times = timeit({
         "generic topk=1": lambda: explain(model, x, "gradcam", topk=1, closed_form=False),
         "generic topk=5": lambda: explain(model, x, "gradcam", topk=5, closed_form=False),
-    }, args.repeats, device)
+    }, repeats, device)
     report(f"topk, resnet50 layer4, batch 8, generic path, {device}", times, "generic topk=1")
-
-    if not args.skip_scorecam:
-        scorecam_section(device, args.fast_channels, args.scorecam_rounds)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,14 @@ def _bias_layers(net: nn.Module) -> list[str]:
 
 def _scaled_sum(values: torch.Tensor, size) -> torch.Tensor:
     """(N, C, h, w) -> (N, H, W): each channel min-max scaled (pytorch-grad-cam's epsilon),
-    upsampled bilinearly, summed over channels."""
+    summed over channels and upsampled bilinearly (as upsampling each channel and summing:
+    the interpolation is linear)."""
     flat = values.flatten(2)
     shifted = values - flat.amin(2)[..., None, None]
-    scaled = shifted / (1e-7 + shifted.flatten(2).amax(2)[..., None, None])
+    scaled = (shifted / (1e-7 + shifted.flatten(2).amax(2)[..., None, None])).sum(1, True)
     if tuple(scaled.shape[2:]) != tuple(size):
         scaled = F.interpolate(scaled, size=tuple(size), mode="bilinear", align_corners=False)
-    return scaled.sum(1)
+    return scaled[:, 0]
 
 
 def _maps(ctx) -> dict[str, torch.Tensor]:

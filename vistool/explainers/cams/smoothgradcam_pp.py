@@ -47,5 +47,5 @@ METHOD = CamMethod(
     params={"samples": Param(4, "noisy copies of the input"),
             "std": Param(0.3, "the standard deviation of the Gaussian noise (input units)"),
             "seed": Param(0, "the noise generator's seed")},
-    reference="torchcam.methods.SmoothGradCAMpp (with std=0 and at a layer before a GAP + "
-    "linear head: see the module)")
+    reference="torchcam.methods.SmoothGradCAMpp (its deviations from the paper corrected; "
+    "as it is without noise before global pooling)")
