@@ -36,6 +36,8 @@ WIDGETS = {
     "layer": "the layer chosen in the Layers tab", "octaves": "the Octaves slider",
     "steps": "the Steps slider", "size": "the Size slider", "styles": "the Style image upload",
     "masks": "the Masks folder box", "dataset": "the Data box",
+    "options": "the method's options", "fuse": "the Fusion choice",
+    "eigen_smooth": "the Eigen smoothing toggle", "aug_smooth": "the Augmentation smoothing toggle",
 }
 #: What a placeholder value (``weights=FILE``) means in the page.
 PLACEHOLDERS = {"weights": "a checkpoint file in the Weights box (or upload a checkpoint)",

@@ -161,7 +161,9 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
           f"mean {np.mean(corr):.4f}, min {np.min(corr):.4f}")
 
 
-def methods_section(device, repeats: int, samples: int) -> None:
+def methods_section(device, repeats: int, samples: int, tables: list[str]) -> None:
+    """The shapes CNN at ``features`` (followed by GAP + linear: the closed form), resnet50
+    and resnet18 at layer3 (gradients through layer4: the generic path)."""
     from cam_table import PERTURBATION, every_method, methods_table
 
     from trainers.recipes import pretrained_shapes_cnn
@@ -169,24 +171,27 @@ def methods_section(device, repeats: int, samples: int) -> None:
     from vistool.data.shapes import render_scene
 
     options = {"sscam": {"samples": samples}, "iscam": {"samples": samples}}
-    loaded = load_model(str(pretrained_shapes_cnn(progress=False, log=lambda _line: None)),
-                        device=device)
-    rng = np.random.default_rng(0)
-    images = torch.stack([loaded.transform(load_image(render_scene(
-        rng, 64, [int(rng.integers(5))]).image)) for _ in range(8)]).to(device)
-    methods_table("Every method, the trained shapes CNN, batch 8, 64²", loaded.model, images,
-                  ["features", "features.12"], every_method(), options, "fc", repeats, device)
+    if "shapes" in tables:
+        loaded = load_model(str(pretrained_shapes_cnn(progress=False, log=lambda _l: None)),
+                            device=device)
+        rng = np.random.default_rng(0)
+        images = torch.stack([loaded.transform(load_image(render_scene(
+            rng, 64, [int(rng.integers(5))]).image)) for _ in range(8)]).to(device)
+        methods_table("Every method, the trained shapes CNN, batch 8, 64²", loaded.model,
+                      images, ["features", "features.12"], every_method(), options, "fc",
+                      repeats, device)
     torch.manual_seed(0)
     heavy = PERTURBATION if device.type == "cpu" else ()
-    model = torchvision.models.resnet50(weights=None).to(device)
     x = torch.randn(8, 3, 224, 224, device=device)
-    methods_table(f"Every method{' but the perturbation ones' if heavy else ''}, resnet50, "
-                  f"batch 8, 224², {device}", model, x, ["layer4", "layer3"],
-                  every_method(exclude=heavy), options, "fc", repeats, device)
-    if heavy:
+    if "resnet50" in tables:
+        model = torchvision.models.resnet50(weights=None).to(device)
+        methods_table(f"Every method{' but the perturbation ones' if heavy else ''}, "
+                      f"resnet50, batch 8, 224², {device}", model, x, ["layer3", "layer4"],
+                      every_method(exclude=(*heavy, "dff")), options, "fc", repeats, device)
+    if heavy and "perturbation" in tables:
         model = torchvision.models.resnet18(weights=None).to(device)
         methods_table(f"The perturbation methods, resnet18, one 224² image, {device}", model,
-                      x[:1], ["layer4", "layer3"], list(heavy), options, "fc", repeats, device)
+                      x[:1], ["layer3", "layer4"], list(heavy), options, "fc", repeats, device)
 
 
 def main() -> None:
@@ -200,6 +205,8 @@ def main() -> None:
                         help="comma-separated: gradcam (Grad-CAM, closed form, topk), scorecam "
                         "(exact and fast vs the peers), methods (every method's table) "
                         "(default: %(default)s)")
+    parser.add_argument("--tables", default="shapes,resnet50,perturbation",
+                        help="methods: which tables (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=2,
                         help="methods: SS-CAM's and IS-CAM's samples (default: %(default)s)")
     parser.add_argument("--scorecam-rounds", type=int, default=5,
@@ -213,7 +220,7 @@ def main() -> None:
     if "scorecam" in sections:
         scorecam_section(device, args.fast_channels, args.scorecam_rounds)
     if "methods" in sections:
-        methods_section(device, args.repeats, args.samples)
+        methods_section(device, args.repeats, args.samples, args.tables.split(","))
 
 
 def gradcam_section(device, repeats: int) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from vistool import preserved_state, record
 from vistool.explainers.cam import CAM_METHODS, explain
+from vistool.explainers.factorization import factorize
 from vistool.render import normalize
 
 #: method -> pytorch-grad-cam's class
@@ -38,7 +39,8 @@ TORCH_CAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM",
              "smoothgradcam++": "SmoothGradCAMpp"}
 #: the methods that make a forward per channel, sample or window
 PERTURBATION = ("ablationcam", "iscam", "scorecam", "sess", "sscam")
-NOTES = {"smoothgradcam++": "torch-cam deviates from the paper (tests/test_cam_peers.py)",
+NOTES = {"dff": "every concept's map (vistool.factorize), five concepts",
+         "smoothgradcam++": "torch-cam deviates from the paper (tests/test_cam_peers.py)",
          "ablationcam": "ours: the closed form where the layer has a GAP + linear head",
          "randomcam": "random weights (seeded alike)",
          "cam": "its map through a ReLU (torch-cam has none)"}
@@ -110,6 +112,18 @@ def _grad_cam_peer(method: str, model, layers: list[str], targets: list[int], op
     return run
 
 
+def _dff_peer(model, layer: str, head: str):
+    """pytorch-grad-cam's DeepFeatureFactorization, five concepts, scored by the head."""
+    from pytorch_grad_cam import DeepFeatureFactorization
+
+    peer = DeepFeatureFactorization(model, model.get_submodule(layer),
+                                    computation_on_concepts=model.get_submodule(head))
+
+    def run(x):
+        return np.stack(peer(x, 5)[1])
+    return run
+
+
 def _torch_cam_peer(method: str, model, layer: str, targets: list[int], options: dict, head):
     from torchcam import methods
 
@@ -132,6 +146,13 @@ def _torch_cam_peer(method: str, model, layer: str, targets: list[int], options:
     return run
 
 
+def _ours(method: str, model, x, layers: list[str], targets: list[int], options: dict):
+    if method == "dff":
+        return lambda: factorize(model, x, layers[0], concepts=5)
+    return lambda: explain(model, x, method, targets=None if method == "finercam" else targets,
+                           layer=layers, options=options)
+
+
 def _bound(model, x, layer: str, targets: list[int]) -> Callable[[], object]:
     """A forward and ``autograd.grad`` of the target scores to the layer: no gradient
     method can do less."""
@@ -145,6 +166,8 @@ def _bound(model, x, layer: str, targets: list[int]) -> Callable[[], object]:
 
 
 def _difference(method: str, ours, theirs, layer: str) -> float:
+    if method == "dff":
+        return float(np.abs(ours.maps.cpu().numpy() - theirs).max())
     if method in TORCH_CAM:
         return float((normalize(ours.raw[layer].float()) - theirs.detach().float().cpu())
                      .abs().max())
@@ -170,23 +193,22 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
         for method in methods:
             spec, opts = specs()[method], options.get(method, {})
             used = layers if method == "refinecam" else [layer]
-            if method in TORCH_CAM:
+            if method == "dff":  # every concept's map, not a class's
+                peer, name = _dff_peer(model, layer, head), "pytorch-grad-cam DFF"
+            elif method in TORCH_CAM:
                 peer, name = _torch_cam_peer(method, model, layer, targets, opts, head), \
                     f"torch-cam {TORCH_CAM[method]}"
             else:
                 peer, name = _grad_cam_peer(method, model, used, targets, opts), \
                     f"pytorch-grad-cam {GRAD_CAM[method]}"
-
-            def ours(m=method, u=used, o=opts):
-                return explain(model, x, m, targets=None if m == "finercam" else targets,
-                               layer=u, options=o)
-            with counting_images(model) as mine:
-                result = ours()
-            with counting_images(model) as theirs_count, contextlib.redirect_stderr(io.StringIO()):
-                theirs = peer(x)  # (without the peers' progress bars)
-            difference = _difference(method, result, theirs, layer)
-            with contextlib.redirect_stderr(io.StringIO()):
+            ours = _ours(method, model, x, used, targets, opts)
+            with contextlib.redirect_stderr(io.StringIO()):  # (the peers' progress bars)
                 times = timeit({"ours": ours, "peer": lambda p=peer: p(x)}, repeats, device)
+                with counting_images(model) as mine:  # warm: no one-off probe counted
+                    result = ours()
+                with counting_images(model) as theirs_count:
+                    theirs = peer(x)
+            difference = _difference(method, result, theirs, layer)
             over = f"{times['ours'] / bound:7.2f}x" if spec.gradients else f"{'':>8}"
             print(f"  {method:<16} {mine[0]:>6}/{theirs_count[0]:<6} {times['ours']:10.3f} "
                   f"{times['peer']:9.3f} {times['peer'] / times['ours']:8.2f}x {over} "
@@ -195,4 +217,5 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
 
 def every_method(exclude: tuple[str, ...] = ()) -> list[str]:
     """The built-in methods with a peer, alphabetical, less ``exclude``."""
-    return [m for m in CAM_METHODS if (m in GRAD_CAM or m in TORCH_CAM) and m not in exclude]
+    return [m for m in CAM_METHODS if (m in GRAD_CAM or m in TORCH_CAM or m == "dff")
+            and m not in exclude]

@@ -257,6 +257,8 @@ def _cli(capsys, *argv):
                             "--layer"),
     (["--method", "fem", "--option", "q=1"], "fem has no option 'q' in --option"),
     (["--method", "fem", "--option", "k=x"], "fem's option k must be a float"),
+    (["--method", "dff", "--option", "concepts=999"], "dff's option concepts (999) must be at "
+                                                       "most the layer's 16 channels"),
 ])
 def test_cli_bad_method_requests_are_one_line_and_write_nothing(capsys, tmp_path, checkpoint,
                                                                extra, fragment):
@@ -283,3 +285,33 @@ def test_cli_passes_the_method_options_and_smoothing(capsys, tmp_path, checkpoin
     expected = explain(loaded, x, "fem", options={"k": 1}, aug_smooth=True, eigen_smooth=True)
     np.testing.assert_allclose(raw, expected.raw[loaded.default_layer][0].numpy(), rtol=1e-5,
                                atol=1e-7)
+
+
+def test_dff_command_draws_one_colour_per_concept(capsys, tmp_path, checkpoint):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(
+        tmp_path / "noise.png")
+    out = tmp_path / "out"
+    status, (printed, _) = _cli(capsys, "dff", "--model", checkpoint, "--concepts", "3",
+                                "--out", out, tmp_path / "img.png", tmp_path / "noise.png")
+    assert status == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    concepts = manifest["concept_classes"]
+    assert [c["concept"] for c in concepts] == [0, 1, 2]
+    assert len({c["color"] for c in concepts}) == 3
+    assert all(len(c["top"]) == 3 and c["top"][0]["prob"] >= c["top"][1]["prob"]
+               for c in concepts)
+    assert sum(line.startswith("concept ") for line in printed.splitlines()) == 3
+    from vistool import factorize, load_image, load_model
+
+    loaded = load_model(str(checkpoint), device="cpu")
+    x = torch.stack([loaded.transform(load_image(tmp_path / n)) for n in ("img.png", "noise.png")])
+    expected = factorize(loaded, x, concepts=3)
+    for i, entry in enumerate(manifest["outputs"]):
+        np.testing.assert_allclose(np.load(out / entry["npy"]), expected.raw[i].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        picture = np.asarray(Image.open(out / entry["png"]))
+        assert picture.shape == (224, 224, 3)
+    status, (_, err) = _cli(capsys, "dff", "--model", checkpoint, "--concepts", "99",
+                            "--out", tmp_path / "bad", tmp_path / "img.png")
+    assert status == 2 and err.count("\n") == 1 and "--concepts 99 must be between 1 and" in err
+    assert not (tmp_path / "bad").exists()

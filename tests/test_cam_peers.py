@@ -42,8 +42,9 @@ PEERS = {
 #: our options (fewer samples than the defaults: a forward per channel and sample)
 TORCHCAM = {"sscam": ("SSCAM", {"samples": 2, "seed": 3}), "iscam": ("ISCAM", {"samples": 3}),
             "smoothgradcam++": ("SmoothGradCAMpp", {"seed": 3})}
-#: the methods neither peer has and what they are compared with instead
-ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale"}
+#: the methods neither peer has as a CAM class and what they are compared with instead
+ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale",
+             "dff": "test_dff_equals_pytorch_grad_cams_factorization, below"}
 #: our options in the comparison with pytorch-grad-cam (and its arguments to match). SESS:
 #: four scales, and only values above 1e-3 count in the mean of the windows' maps: at
 #: pytorch-grad-cam's theta=0, whether a pixel counts is float rounding's call (a map value
@@ -304,3 +305,36 @@ def test_smooth_gradcam_pp_equals_torch_cam_where_its_deviations_vanish(tc, nets
     _not_flat(ours.raw["layer4"])
     theirs = _torch_cam(tc.SmoothGradCAMpp, model, x, "layer4", ours.targets, std=1e-20)
     torch.testing.assert_close(normalize(ours.raw["layer4"]), theirs, rtol=0, atol=TOLERANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deep Feature Factorization: pytorch-grad-cam's DeepFeatureFactorization (scikit-learn's NMF)
+
+
+@pytest.mark.parametrize(("net", "rtol"), [("shapes", 1e-4), ("resnet18", 1e-9)])
+def test_dff_equals_pytorch_grad_cams_factorization(gc, nets, net, rtol):
+    """The concepts, their maps and their class scores; the shapes CNN in float32 (the two
+    NMFs round differently: 1e-5 of the largest value), resnet18 (layer4: its head scores
+    the concepts) in float64, where they agree to rounding."""
+    from vistool.explainers.factorization import factorize
+
+    model, x, _ = nets[net]
+    layer = "features" if net == "shapes" else "layer4"
+    if net == "resnet18":
+        model, x = _random("resnet18", [], 64, torch.float64)[:2]
+    ours = factorize(model, x, layer, concepts=4)
+    head = model.fc
+    peer = gc.DeepFeatureFactorization(model, model.get_submodule(layer),
+                                       computation_on_concepts=lambda c: head(c.to(x.dtype)))
+    concepts, maps, scores = peer(x, 4)
+    scale = np.abs(concepts).max()
+    np.testing.assert_allclose(ours.concepts.numpy().T, concepts, rtol=0, atol=rtol * scale)
+    np.testing.assert_allclose(ours.maps.numpy(), np.stack(maps), rtol=0, atol=TOLERANCE)
+    # (their concepts go through float32 before the head)
+    np.testing.assert_allclose(ours.scores.numpy(), scores, rtol=0, atol=1e-5 * np.abs(
+        scores).max())
+    assert ours.rounds > 1 and len(set(ours.maps.flatten(2).argmax(2).flatten().tolist())) > 1
+    cams = explain(model, x, "dff", layer=layer, topk=2, options={"concepts": 4})
+    best = ours.scores.argmax(0)[cams.targets]  # each class's concept
+    torch.testing.assert_close(cams.raw[layer], ours.raw.gather(
+        1, best[..., None, None].expand(-1, -1, *ours.raw.shape[2:])))

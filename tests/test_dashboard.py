@@ -143,6 +143,38 @@ def test_cam_smoothing_toggles_change_the_maps_they_apply_to(small):
     assert urls()[2:] != plain[2:]  # augmentation smoothing applies to every method
 
 
+def test_cam_method_options_and_fusion_change_the_maps(small):
+    app = small
+    app.multiselect(key="cam_methods").set_value(["fem", "gradcam"]).run()
+
+    def urls():
+        return [img.proto.imgs[0].url for img in app.tabs[3].get("image")]
+
+    plain = urls()
+    app.number_input(key="cam_option_fem_k").set_value(0.5).run()
+    assert not app.exception and not app.tabs[3].error
+    changed = urls()
+    assert changed[:2] != plain[:2] and changed[2:] == plain[2:]  # fem's maps, not gradcam's
+    app.multiselect(key="cam_fuse_layers").set_value(["features.4"]).run()
+    assert not app.exception and not app.tabs[3].error
+    mean = urls()
+    assert mean[2] != changed[2] and mean[3] != changed[3]  # the fused map, overlaid and bare
+    app.selectbox(key="cam_fusion").select("product").run()
+    assert urls()[2] != mean[2]
+    app.multiselect(key="cam_fuse_layers").set_value([]).run()
+    app.multiselect(key="cam_methods").set_value(["dff"]).run()
+    assert not app.exception and not app.tabs[3].error
+    assert "dff concepts, one colour each" in _captions(app, 3)
+    legend = next(c.value for c in app.tabs[3].caption if c.value.startswith("#"))
+    assert legend.count("#") == 5 and all(name in SHAPE_CLASSES for name in
+                                          re.findall(r"#[0-9a-f]{6}: (\w+)", legend))
+    app.multiselect(key="cam_methods").set_value(["sess"]).run()
+    app.text_input(key="cam_option_sess_base").input("nocam").run()
+    errors = [e.value for e in app.tabs[3].error]
+    assert errors == ["sess's option base must be another CAM method, not 'nocam' ('vistool "
+                      "methods' lists them)"]
+
+
 def test_long_work_tabs_run_with_progress_and_downloads(small):
     app = small
     app.multiselect(key="fv_channels").set_value([0, 3])

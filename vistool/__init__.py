@@ -21,8 +21,10 @@ _EXPORTS: dict[str, str] = {
     "attribute": "explainers.attribution",
     "CAM_METHODS": "explainers.cam",
     "CamResult": "explainers.cam",
-    "ConstantMapWarning": "explainers.cam",
+    "ConstantMapWarning": "core.errors",
     "explain": "explainers.cam",
+    "Factorization": "explainers.factorization",
+    "factorize": "explainers.factorization",
     "Evaluation": "evaluate.suite",
     "perturbation_curve": "evaluate.faithfulness",
     "pointing_game": "evaluate.localisation",
@@ -78,6 +80,7 @@ __all__ = [
     "ConstantMapWarning",
     "DreamResult",
     "Evaluation",
+    "Factorization",
     "FeatureVisualization",
     "ImageError",
     "LayerError",
@@ -101,6 +104,7 @@ __all__ = [
     "deprocess",
     "expand_inputs",
     "explain",
+    "factorize",
     "first_layer_weights",
     "layer_table",
     "list_models",
@@ -134,6 +138,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .core.devices import resolve_device
     from .core.errors import (
         CheckpointError,
+        ConstantMapWarning,
         ImageError,
         LayerError,
         ModelError,
@@ -153,7 +158,8 @@ if TYPE_CHECKING:  # static tools see the real names
     from .evaluate.suite import Evaluation
     from .explainers.activations import ActivationResult, activations, channel_stats
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
-    from .explainers.cam import CAM_METHODS, CamResult, ConstantMapWarning, explain
+    from .explainers.cam import CAM_METHODS, CamResult, explain
+    from .explainers.factorization import Factorization, factorize
     from .render import overlay, show
     from .synthesize.deepdream import DreamResult, deepdream
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize

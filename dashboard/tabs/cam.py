@@ -1,5 +1,6 @@
-"""Class activation maps: several methods side by side for one class, with each map's
-deletion and insertion AUC, and downloads."""
+"""Class activation maps: several methods side by side for one class, each with its own
+options, the layer's map or several layers' fused, with each map's deletion and insertion
+AUC, and downloads."""
 
 from __future__ import annotations
 
@@ -15,30 +16,36 @@ from dashboard.common import (
     png_bytes,
     probabilities,
     selected_layer,
+    spatial_layers,
     tab,
 )
 from vistool.evaluate.faithfulness import Scorer, perturbation_curve
 from vistool.explainers.cams import methods as cam_methods
+from vistool.explainers.factorization import concept_picture
+from vistool.explainers.names import FUSIONS
 from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cam(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
-        _session: Session) -> dict:
-    """The map at input resolution and the raw layer map; ``smoothing``: (aug_smooth,
-    eigen_smooth)."""
-    aug_smooth, eigen_smooth = smoothing
+def cam(key: tuple, digest: str, method: str, layer: tuple[str, ...], target: int,
+        smoothing: tuple, _session: Session) -> dict:
+    """The map at input resolution and the raw map of the first layer (or of the input, for
+    the methods that make their map there); ``layer``: the layers, the first the one chosen
+    in the Layers tab; ``smoothing``: (aug_smooth, eigen_smooth, fuse, the method's options
+    as sorted (name, value) pairs)."""
+    aug_smooth, eigen_smooth, fuse, options = smoothing
     with _session.lock:
         result = vistool.explain(_session.loaded, _session.batch, method, targets=target,
-                                 layer=layer, channels=32 if method == "scorecam" else None,
-                                 aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
-    return {"map": result.maps[0].cpu().numpy(), "raw": result.raw[layer][0].cpu().numpy(),
+                                 layer=list(layer), channels=32, aug_smooth=aug_smooth,
+                                 eigen_smooth=eigen_smooth, fuse=fuse, options=dict(options))
+    raw = result.raw.get(layer[0], next(iter(result.raw.values())))
+    return {"map": result.maps[0].cpu().numpy(), "raw": raw[0].cpu().numpy(),
             "closed_form": result.closed_form}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def scores(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
-           _session: Session) -> dict[str, float]:
+def scores(key: tuple, digest: str, method: str, layer: tuple[str, ...], target: int,
+           smoothing: tuple, _session: Session) -> dict[str, float]:
     """The map's deletion and insertion AUC (16 steps: 34 forwards of the model)."""
     found = cam(key, digest, method, layer, target, smoothing, _session)
     maps = torch.from_numpy(found["map"])[None].to(_session.batch.device)
@@ -50,8 +57,8 @@ def scores(key: tuple, digest: str, method: str, layer: str, target: int, smooth
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def pictures(key: tuple, digest: str, method: str, layer: str, target: int, smoothing: tuple,
-             alpha: float, colormap: str, _session: Session) -> tuple:
+def pictures(key: tuple, digest: str, method: str, layer: tuple[str, ...], target: int,
+             smoothing: tuple, alpha: float, colormap: str, _session: Session) -> tuple:
     """The overlay and the raw map as pictures, and the overlay's PNG for the download."""
     found = cam(key, digest, method, layer, target, smoothing, _session)
     heat = torch.from_numpy(found["map"])
@@ -59,6 +66,71 @@ def pictures(key: tuple, digest: str, method: str, layer: str, target: int, smoo
     picture = to_uint8_hwc(enlarge(overlay(view.cpu(), heat, alpha, colormap), 256))
     return (picture, to_uint8_hwc(enlarge(apply_colormap(heat, colormap), 128)),
             png_bytes(picture), npy_bytes(np.asarray(found["raw"])))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def concepts(key: tuple, digest: str, layer: str, count: int, _session: Session) -> tuple:
+    """Deep Feature Factorization of the image at ``layer``: the picture with one colour per
+    concept, and each concept's colour and best class."""
+    import matplotlib
+
+    with _session.lock:
+        found = vistool.factorize(_session.loaded, _session.batch, layer, concepts=count)
+    rainbow = matplotlib.colormaps["gist_rainbow"]
+    colors = [rainbow(i / count)[:3] for i in range(count)]
+    picture = concept_picture(found.inputs[0].float().cpu(), found.maps[0].float().cpu(),
+                              colors=colors)
+    names = [] if found.scores is None else [
+        _session.loaded.class_name(int(i)) or str(int(i)) for i in found.scores.argmax(1)]
+    return (to_uint8_hwc(enlarge(picture, 256)),
+            [matplotlib.colors.to_hex(c) for c in colors], names)
+
+
+def method_options(method: str) -> tuple:
+    """The method's own options, one widget each (in an expander), as sorted (name, value)
+    pairs; none for a method without options."""
+    params = cam_methods()[method].params
+    if not params:
+        return ()
+    values = {}
+    with st.expander(f"{method} options"):
+        for name, param in params.items():
+            key = f"cam_option_{method}_{name}"
+            if param.choices:
+                values[name] = st.selectbox(name, param.choices, help=param.help, key=key,
+                                            index=param.choices.index(param.default))
+            elif isinstance(param.default, str):
+                values[name] = st.text_input(name, param.default, help=param.help, key=key)
+            else:
+                values[name] = st.number_input(name, value=param.default, help=param.help,
+                                               key=key)
+    return tuple(sorted(values.items()))
+
+
+def _smoothing_and_fusion(session: Session, layer: str) -> tuple:
+    """The smoothing toggles and the layers to fuse: (aug_smooth, eigen_smooth, the layers
+    (the chosen one first), the fusion or None for the method's own)."""
+    aug, eigen = st.columns(2)
+    aug_smooth = aug.toggle("Augmentation smoothing", key="cam_aug_smooth",
+                            help="the mean map of six test-time augmentations (flip x 0.9, 1, "
+                                 "1.1 times the input), each flipped back: six explanations")
+    eigen_smooth = eigen.toggle("Eigen smoothing", key="cam_eigen_smooth",
+                                help="the first principal component of the weighted "
+                                     "activations instead of their channel sum, for the "
+                                     "methods whose map is such a sum")
+    more, how = st.columns(2)
+    extra = more.multiselect("Fuse with layers", [n for n in spatial_layers(session)
+                                                  if n != layer], key="cam_fuse_layers",
+                             help="explain these layers too and fuse their maps with the "
+                                  "chosen layer's")
+    fusion = how.selectbox("Fusion", ["the method's own", *FUSIONS], key="cam_fusion",
+                           disabled=not extra,
+                           help="mean (pytorch-grad-cam's) or product (RefineCAM's) of the "
+                                "normalised maps; the method's own: product for refinecam, "
+                                "else mean")
+    layers = (layer, *extra)
+    fuse = None if not extra or fusion not in FUSIONS else fusion
+    return aug_smooth, eigen_smooth, layers, fuse
 
 
 @tab
@@ -81,31 +153,31 @@ def render(session: Session) -> None:
     scored = right.toggle("Deletion / insertion AUC", key="cam_scores",
                           help="score each map by deleting and inserting its pixels in order "
                                "(34 forward passes per map)")
-    aug, eigen = st.columns(2)
-    aug_smooth = aug.toggle("Augmentation smoothing", key="cam_aug_smooth",
-                            help="the mean map of six test-time augmentations (flip x 0.9, 1, "
-                                 "1.1 times the input), each flipped back: six explanations")
-    eigen_smooth = eigen.toggle("Eigen smoothing", key="cam_eigen_smooth",
-                                help="the first principal component of the weighted "
-                                     "activations instead of their channel sum, for the "
-                                     "methods whose map is such a sum")
+    aug_smooth, eigen_smooth, layers, fuse = _smoothing_and_fusion(session, layer)
     specs = cam_methods()
     for column, method in zip(st.columns(max(1, len(methods))), methods):
         with column, guard():
+            options = method_options(method)
             eigen_applies = eigen_smooth and specs[method].eigen_smooth
-            args = (session.key, session.digest, method, layer, int(target),
-                    (aug_smooth, eigen_applies))
+            args = (session.key, session.digest, method, layers, int(target),
+                    (aug_smooth, eigen_applies, fuse, options))
             found = cam(*args, session)
             picture, raw, png, npy = pictures(*args, alpha, colormap, session)
             st.image(picture, caption=f"{method}{' (closed form)' if found['closed_form'] else ''}")
             st.image(raw, caption="raw map")
             if eigen_smooth and not eigen_applies:
                 st.caption(f"eigen smoothing does not apply to {method}")
+            if method == "dff":
+                picture, colors, names = concepts(session.key, session.digest, layer,
+                                                  int(dict(options)["concepts"]), session)
+                st.image(picture, caption="dff concepts, one colour each")
+                st.caption(" · ".join(f"{c}: {n or 'no head'}" for c, n in
+                                      zip(colors, names or [""] * len(colors))))
             if scored:
                 auc = scores(*args, session)
                 st.markdown(f"deletion AUC **{auc['deletion']:.3f}** ↓ · insertion AUC "
                             f"**{auc['insertion']:.3f}** ↑")
-            stem = f"{method}-{layer}-c{target}"
+            stem = f"{method}-{'+'.join(layers)}-c{target}"
             st.download_button("overlay PNG", png, f"{stem}.png", "image/png",
                                key=f"cam_png_{method}")
             st.download_button("raw .npy", npy, f"{stem}.npy", key=f"cam_npy_{method}")

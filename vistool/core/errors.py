@@ -64,6 +64,10 @@ class RandomWeightsWarning(VistoolWarning):
     """A model runs with random weights where trained ones were asked for or expected."""
 
 
+class ConstantMapWarning(UserWarning):
+    """An explanation map was constant (e.g. all gradients zero) and is returned as zeros."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The up to ``n`` candidates closest to ``name`` (difflib ratio), best first."""
     candidates = list(candidates)

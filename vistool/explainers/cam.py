@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import TargetError, VistoolError, suggestion
+from ..core.errors import ConstantMapWarning, TargetError, VistoolError, suggestion
 from ..core.hooks import record, replaced_output
 from ..core.imageio import deprocess
 from ..core.layers import default_layer as find_default_layer
@@ -50,10 +50,6 @@ __all__ = [
 
 
 Targets = int | Sequence[int] | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
-
-
-class ConstantMapWarning(UserWarning):
-    """An explanation map was constant (e.g. all gradients zero) and is returned as zeros."""
 
 
 @dataclass
@@ -419,11 +415,9 @@ def explain(
         topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
         closed_form: use the closed form of a GAP + linear head: None detects it, False
             always back-propagates, True requires it. ``cam`` always requires it.
-        batch_size: masked forwards per batch (the Score-CAM family, ``ablationcam``; ``sess``:
-            windows per batch); None: sized to the memory (:func:`~vistool.inference.
-            many_forwards_batch`; ``sess``: 32).
-        channels: the Score-CAM family (``scorecam``, ``sscam``, ``iscam``): only the k
-            highest-variance channels of each image (Faster Score-CAM).
+        batch_size: masked forwards (Score-CAM family, ``ablationcam``; ``sess``: windows) per
+            batch; None: sized to the memory (``sess``: 32).
+        channels: the Score-CAM family: only the k highest-variance channels of each image.
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT) (:func:`~vistool.
             core.layout.grid_view`); ``reshape``: output -> (N, C, H, W) for any other.
@@ -486,7 +480,7 @@ def _explain(request: _Request, images: torch.Tensor, targets: Targets) -> CamRe
                          closed_form=closed, batch_size=request.batch_size,
                          channels=request.channels, progress=request.progress,
                          eigen_smooth=request.eigen_smooth, layout=request.layout,
-                         reshape=request.reshape, options=request.options)
+                         reshape=request.reshape, options=request.options, explain=explain)
         raw = spec.maps(ctx)
     return _result(ctx, raw, request.topk, request.fuse, request.model)
 

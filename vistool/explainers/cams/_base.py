@@ -98,6 +98,7 @@ class CamContext:
     layout: str = "auto"  # explain()'s layout= and reshape=, for methods that explain again
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
+    explain: Callable[..., object] | None = None  # explain() itself, to explain crops (sess)
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def grid(self, name: str) -> torch.Tensor:

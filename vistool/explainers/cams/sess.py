@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import resize
 from tqdm import tqdm
 
-from ...core.errors import VistoolError
+from ...core.errors import ConstantMapWarning, VistoolError
 from ...core.progress import bar_disable
 from ._base import CamMethod, Param
 
@@ -77,8 +77,6 @@ def _weights(ctx, patches: torch.Tensor, target: int) -> torch.Tensor:
 
 def _enhanced(ctx, base: str, image: torch.Tensor, target: int, bar) -> torch.Tensor:
     """One image's map for one class: (H, W)."""
-    from ..cam import ConstantMapWarning, explain
-
     options, size = ctx.options, image.shape[-2:]
     window = options["window"] or min(size)
     step = round(window * options["scale_step"])
@@ -91,7 +89,7 @@ def _enhanced(ctx, base: str, image: torch.Tensor, target: int, bar) -> torch.Te
     for chunk in order.split(ctx.batch_size or 32):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConstantMapWarning)
-            maps = explain(ctx.net, patches[chunk], base, targets=target,
+            maps = ctx.explain(ctx.net, patches[chunk], base, targets=target,
                            layer=ctx.layers, layout=ctx.layout, reshape=ctx.reshape,
                            eigen_smooth=ctx.eigen_smooth).maps
         for cam, j in zip(maps, chunk.tolist()):
