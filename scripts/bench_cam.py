@@ -163,8 +163,9 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
 
 def methods_section(device, repeats: int, samples: int, tables: list[str]) -> None:
     """The shapes CNN at ``features`` (followed by GAP + linear: the closed form), resnet50
-    and resnet18 at layer3 (gradients through layer4: the generic path)."""
-    from cam_table import PERTURBATION, every_method, methods_table
+    and resnet18 at layer3 (gradients through layer4: the generic path), vit_b_16's last
+    four blocks (the methods for vision transformers)."""
+    from cam_table import PERTURBATION, TRANSFORMER, every_method, methods_table
 
     from trainers.recipes import pretrained_shapes_cnn
     from vistool import load_image, load_model
@@ -192,6 +193,14 @@ def methods_section(device, repeats: int, samples: int, tables: list[str]) -> No
         model = torchvision.models.resnet18(weights=None).to(device)
         methods_table(f"The perturbation methods, resnet18, one 224² image, {device}", model,
                       x[:1], ["layer3", "layer4"], list(heavy), options, "fc", repeats, device)
+    if "vit" in tables:
+        model = torchvision.models.vit_b_16(weights=None)
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # (torchvision zeroes it)
+        batch = 2 if device.type == "cpu" else 8
+        blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(8, 12)]
+        methods_table(f"Vision transformers, vit_b_16 (random), its last four blocks, batch "
+                      f"{batch}, 224², {device}", model.to(device), x[:batch], blocks,
+                      list(TRANSFORMER), options, "heads", repeats, device)
 
 
 def main() -> None:
@@ -205,7 +214,7 @@ def main() -> None:
                         help="comma-separated: gradcam (Grad-CAM, closed form, topk), scorecam "
                         "(exact and fast vs the peers), methods (every method's table) "
                         "(default: %(default)s)")
-    parser.add_argument("--tables", default="shapes,resnet50,perturbation",
+    parser.add_argument("--tables", default="shapes,resnet50,perturbation,vit",
                         help="methods: which tables (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=2,
                         help="methods: SS-CAM's and IS-CAM's samples (default: %(default)s)")

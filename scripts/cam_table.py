@@ -36,10 +36,13 @@ GRAD_CAM = {
 }
 #: method -> torch-cam's class (the methods pytorch-grad-cam lacks)
 TORCH_CAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM",
-             "smoothgradcam++": "SmoothGradCAMpp"}
+             "smoothgradcam++": "SmoothGradCAMpp", "legrad": "LeGrad"}
+#: the methods for vision transformers alone (their own table)
+TRANSFORMER = ("legrad",)
 #: the methods that make a forward per channel, sample or window
 PERTURBATION = ("ablationcam", "iscam", "scorecam", "sess", "sscam")
 NOTES = {"dff": "every concept's map (vistool.factorize), five concepts",
+         "legrad": "the blocks' maps summed (torch-cam: their mean), at the patch grid",
          "smoothgradcam++": "torch-cam deviates from the paper (tests/test_cam_peers.py)",
          "ablationcam": "ours: the closed form where the layer has a GAP + linear head",
          "randomcam": "random weights (seeded alike)",
@@ -124,18 +127,20 @@ def _dff_peer(model, layer: str, head: str):
     return run
 
 
-def _torch_cam_peer(method: str, model, layer: str, targets: list[int], options: dict, head):
+def _torch_cam_peer(method: str, model, layers: list[str], targets: list[int], options: dict,
+                    head):
     from torchcam import methods
 
     kwargs = {"num_samples": options["samples"]} if "samples" in options else {}
+    layer = layers if method == "legrad" else layers[0]
     if method == "cam":
         kwargs["fc_layer"] = head
     if method in ("sscam", "iscam"):
         kwargs["batch_size"] = 32
 
     def run(x):
-        with getattr(methods, TORCH_CAM[method])(model, target_layer=layer,
-                                                 input_shape=tuple(x.shape[1:]),
+        shape = {} if method == "legrad" else {"input_shape": tuple(x.shape[1:])}
+        with getattr(methods, TORCH_CAM[method])(model, target_layer=layer, **shape,
                                                  **kwargs) as peer:
             with torch.enable_grad():
                 scores = model(x)
@@ -169,8 +174,8 @@ def _difference(method: str, ours, theirs, layer: str) -> float:
     if method == "dff":
         return float(np.abs(ours.maps.cpu().numpy() - theirs).max())
     if method in TORCH_CAM:
-        return float((normalize(ours.raw[layer].float()) - theirs.detach().float().cpu())
-                     .abs().max())
+        raw = sum(ours.raw.values()) if method == "legrad" else ours.raw[layer]
+        return float((normalize(raw.float()) - theirs.detach().float()).abs().max())
     return float(np.abs(ours.maps.float().cpu().numpy() - theirs).max())
 
 
@@ -192,11 +197,11 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
     with signed_projections():
         for method in methods:
             spec, opts = specs()[method], options.get(method, {})
-            used = layers if method == "refinecam" else [layer]
+            used = layers if method in ("refinecam", "legrad") else [layer]
             if method == "dff":  # every concept's map, not a class's
                 peer, name = _dff_peer(model, layer, head), "pytorch-grad-cam DFF"
             elif method in TORCH_CAM:
-                peer, name = _torch_cam_peer(method, model, layer, targets, opts, head), \
+                peer, name = _torch_cam_peer(method, model, used, targets, opts, head), \
                     f"torch-cam {TORCH_CAM[method]}"
             else:
                 peer, name = _grad_cam_peer(method, model, used, targets, opts), \
@@ -216,6 +221,7 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
 
 
 def every_method(exclude: tuple[str, ...] = ()) -> list[str]:
-    """The built-in methods with a peer, alphabetical, less ``exclude``."""
+    """The built-in methods for convolutional networks with a peer, alphabetical, less
+    ``exclude``."""
     return [m for m in CAM_METHODS if (m in GRAD_CAM or m in TORCH_CAM or m == "dff")
-            and m not in exclude]
+            and m not in (*exclude, *TRANSFORMER)]

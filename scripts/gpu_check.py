@@ -142,8 +142,25 @@ def _write_inputs(root: Path, size: int) -> dict[str, Path]:
         target.mkdir(parents=True, exist_ok=True)
         Image.open(path).convert("RGB").resize((48, 48)).rotate(index * 30).save(
             target / f"{index}.png")
+    (root / "vit.py").write_text(VIT)
     return {"photos": photos, "first": photos / SAMPLES[0].name,
-            "style": photos / SAMPLES[1].name, "folder": folder}
+            "style": photos / SAMPLES[1].name, "folder": folder, "vit": root / "vit.py"}
+
+
+#: legrad's model: a small random torchvision VisionTransformer, its head drawn too
+#: (torchvision zeroes it: every map would be zero)
+VIT = """
+import torch
+from torchvision.models import VisionTransformer
+
+
+def build():
+    torch.manual_seed(0)
+    model = VisionTransformer(224, 16, num_layers=4, num_heads=4, hidden_dim=128,
+                              mlp_dim=256, num_classes=10)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)
+    return model
+"""
 
 
 def build_checks(inputs: dict[str, Path], quick: bool, gpus: int, cpu: bool) -> list[Check]:
@@ -155,11 +172,12 @@ def build_checks(inputs: dict[str, Path], quick: bool, gpus: int, cpu: bool) -> 
            "sscam": ["--channels", "16", "--option", "samples=8"],  # (and sample)
            "iscam": ["--channels", "16"],
            "sess": ["--option", "scales=3"] if quick else []}  # (a base map per window)
+    vit = ["--model", f"{inputs['vit']}:build", "--input-size", "3,224,224"]  # (small, fixed)
     for method in CAM_METHODS:
         extra = few.get(method, [])
         checks.append(Check(f"cam {method}", lambda d, o, m=method, e=extra: [
-            "gradcam", *model, "--method", m, *e, first, "--device", d, "--out", str(o)],
-            _npy_difference, 2e-2))
+            "gradcam", *(vit if m == "legrad" else model), "--method", m, *e, first,
+            "--device", d, "--out", str(o)], _npy_difference, 2e-2))
     options = {"ig": ["--steps", "8"], "occlusion": ["--window", "16", "--stride", "16"]}
     for method in ATTRIBUTION_METHODS:
         checks.append(Check(f"attribute {method}", lambda d, o, m=method: [

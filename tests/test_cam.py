@@ -297,17 +297,23 @@ def _state(model):
             [m.training for m in model.modules()],
             [(p.requires_grad, None if p.grad is None else p.grad.clone())
              for p in model.parameters()],
-            sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()))
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                for m in model.modules()))
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)
 def test_model_unchanged_after_every_method_also_when_raising(method):
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None)
+    if method == "legrad":  # vision transformers alone
+        model = torchvision.models.VisionTransformer(64, 16, 2, 2, 32, 64)
+        first, frozen, head = model.encoder.layers[0], model.conv_proj, model.heads.head
+    else:
+        model = torchvision.models.resnet18(weights=None)
+        first, frozen, head = model.layer1, model.conv1, model.fc
     model.train()
-    model.layer1.eval()
-    model.conv1.weight.requires_grad_(False)
-    model.fc.weight.grad = torch.ones_like(model.fc.weight)
+    first.eval()
+    frozen.weight.requires_grad_(False)
+    head.weight.grad = torch.ones_like(head.weight)
     before = _state(model)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(8))
     with warnings.catch_warnings():

@@ -20,6 +20,7 @@ from torch import nn
 
 from vistool import VistoolError
 from vistool.cli import main
+from vistool.core.errors import RandomWeightsWarning
 from vistool.explainers.cam import AUGMENTATIONS, explain
 from vistool.explainers.cams import methods
 from vistool.explainers.names import CAM_METHODS, builtin_cam_modules
@@ -168,7 +169,21 @@ def test_product_fusion_multiplies_the_normalised_maps(x):
     torch.testing.assert_close(refine.maps, fused.maps)
 
 
+def test_sum_fusion_adds_the_raw_maps_and_takes_targets_made_in_inference_mode(x):
+    net = Smooth()
+    with torch.inference_mode():
+        targets = net(x).argmin(1)
+    fused = explain(net, x, "gradcam", layer=["conv", "act"], fuse="sum", targets=targets)
+    up = [torch.nn.functional.interpolate(fused.raw[n][:, None], size=(12, 12),
+                                          mode="bilinear")[:, 0] for n in ("conv", "act")]
+    torch.testing.assert_close(fused.maps, normalize(up[0] + up[1]))
+    assert torch.equal(fused.targets, targets) and fused.raw["conv"].abs().sum() > 0
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "legrad"}, "legrad explains transformer blocks with a self_attention "
+                           "(nn.MultiheadAttention, as torchvision's VisionTransformer has); "
+                           "layer 'act' is in none"),
     ({"method": "eigencam", "eigen_smooth": True}, "`eigen_smooth` does not apply to eigencam"),
     ({"method": "gradcam", "fuse": "mean"}, "`fuse='mean'` combines several layers"),
     ({"method": "gradcam", "closed_form": True}, "layer 'act' is not followed by global "
@@ -267,6 +282,56 @@ def test_cli_bad_method_requests_are_one_line_and_write_nothing(capsys, tmp_path
                             tmp_path / "img.png", *extra)
     assert status == 2 and err.count("\n") == 1 and fragment in err, err
     assert not out.exists()
+
+
+TINY_VIT = """
+import torch
+from torchvision.models import VisionTransformer
+
+
+def build():
+    torch.manual_seed(0)
+    model = VisionTransformer(32, 8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=4)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision zeroes it
+    return model
+"""
+
+
+def test_legrad_explains_a_vision_transformer_from_the_cli_and_in_evaluate(capsys, tmp_path,
+                                                                            checkpoint):
+    (tmp_path / "tinyvit.py").write_text(TINY_VIT)
+    blocks = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    model = [f"{tmp_path / 'tinyvit.py'}:build", "--input-size", "3,32,32"]
+    out = tmp_path / "out"
+    status, _ = _cli(capsys, "gradcam", "--model", *model, "--method", "legrad", "--option",
+                     "pool=token", "--layer", blocks[0], "--layer", blocks[1], "--out", out,
+                     tmp_path / "img.png")
+    assert status == 0
+    raw = [np.load(next(out.glob(f"*_raw_{b}.npy"))) for b in blocks]
+    import vistool
+
+    with pytest.warns(RandomWeightsWarning):  # said, as on the command line
+        loaded = vistool.load_model(f"{tmp_path / 'tinyvit.py'}:build", input_size="3,32,32",
+                                    device="cpu")
+    image = loaded.transform(vistool.load_image(tmp_path / "img.png"))[None]
+    expected = explain(loaded, image, "legrad", layer=blocks, options={"pool": "token"})
+    for ours, block in zip(raw, blocks):
+        assert ours.shape == (4, 4) and ours.max() > 0
+        np.testing.assert_allclose(ours, expected.raw[block][0].numpy(), rtol=1e-5, atol=1e-7)
+    from vistool.evaluate.suite import evaluate
+
+    masks = torch.zeros(1, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    scored = evaluate(loaded, image, None, methods=["legrad"], masks=masks, layer=blocks[1],
+                      metrics=["relevance_mass", "deletion_auc"])
+    torch.testing.assert_close(scored.maps["legrad"], explain(loaded, image, "legrad",
+                                                              layer=blocks[1]).maps)
+    assert 0 <= scored.values["legrad"]["relevance_mass"][0] <= 1
+    status, (_, err) = _cli(capsys, "gradcam", "--model", checkpoint, "--method", "legrad",
+                            "--out", tmp_path / "bad", tmp_path / "img.png")
+    assert status == 2 and err.count("\n") == 1 and "legrad explains transformer blocks" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_passes_the_method_options_and_smoothing(capsys, tmp_path, checkpoint):

@@ -41,7 +41,7 @@ PEERS = {
 #: the methods pytorch-grad-cam lacks, compared with torch-cam's: method -> its class and
 #: our options (fewer samples than the defaults: a forward per channel and sample)
 TORCHCAM = {"sscam": ("SSCAM", {"samples": 2, "seed": 3}), "iscam": ("ISCAM", {"samples": 3}),
-            "smoothgradcam++": ("SmoothGradCAMpp", {"seed": 3})}
+            "smoothgradcam++": ("SmoothGradCAMpp", {"seed": 3}), "legrad": ("LeGrad", {})}
 #: the methods neither peer has as a CAM class and what they are compared with instead
 ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale",
              "dff": "test_dff_equals_pytorch_grad_cams_factorization, below"}
@@ -305,6 +305,47 @@ def test_smooth_gradcam_pp_equals_torch_cam_where_its_deviations_vanish(tc, nets
     _not_flat(ours.raw["layer4"])
     theirs = _torch_cam(tc.SmoothGradCAMpp, model, x, "layer4", ours.targets, std=1e-20)
     torch.testing.assert_close(normalize(ours.raw["layer4"]), theirs, rtol=0, atol=TOLERANCE)
+
+
+def _vit(depth: int, heads: int, size: int, patch: int, dtype=torch.float32):
+    """A random torchvision VisionTransformer (its head drawn too: torchvision zeroes it) and
+    two images."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(size, patch, num_layers=depth, num_heads=heads,
+                                                 hidden_dim=16 * heads, mlp_dim=32 * heads,
+                                                 num_classes=10)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)
+    model = model.eval().to(dtype)
+    return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5),
+                              dtype=dtype)
+
+
+@pytest.mark.parametrize(("case", "layers", "pool"), [
+    ("3 blocks, float32", ["encoder.layers.encoder_layer_1", "encoder.layers.encoder_layer_2"],
+     "mean"),
+    ("2 blocks, float64", ["encoder.layers.encoder_layer_1.ln_1"], "mean"),
+    ("2 blocks, float64", ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"],
+     "token")])
+def test_legrad_equals_torch_cam(tc, case, layers, pool):
+    """Two blocks' maps summed (torch-cam: their mean), or one block's named by a module in
+    it; each block's tokens read by the head through their mean (torch-cam's) or, given
+    torch-cam the same projection, through the class token; the two most likely classes."""
+    model, x = _vit(3, 2, 32, 8) if case.endswith("float32") else _vit(2, 4, 48, 8,
+                                                                        torch.float64)
+    ours = explain(model, x, "legrad", layer=layers, topk=2, options={"pool": pool})
+    summed = sum(ours.raw.values())
+    assert summed.shape == (2, 2, *(2 * [x.shape[-1] // 8]))
+    projection = {} if pool == "mean" else {
+        "score_projection": lambda tokens: model.heads(model.encoder.ln(tokens[:, 0]))}
+    blocks = [".".join(name.split(".")[:3]) for name in layers]
+    for k in range(2):
+        _not_flat(summed[:, k])
+        with tc.LeGrad(model, blocks, **projection) as peer:
+            theirs = peer(ours.targets[:, k].tolist(), model(x))[0]
+        torch.testing.assert_close(normalize(summed[:, k]), theirs, rtol=0, atol=TOLERANCE)
+    expected = normalize(torch.nn.functional.interpolate(summed.float(), size=x.shape[2:],
+                                                         mode="bilinear"))
+    torch.testing.assert_close(ours.maps, expected, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,8 +126,9 @@ def _smoothing_and_fusion(session: Session, layer: str) -> tuple:
     fusion = how.selectbox("Fusion", ["the method's own", *FUSIONS], key="cam_fusion",
                            disabled=not extra,
                            help="mean (pytorch-grad-cam's) or product (RefineCAM's) of the "
-                                "normalised maps; the method's own: product for refinecam, "
-                                "else mean")
+                                "normalised maps, or sum of the raw ones (LeGrad's); the "
+                                "method's own: product for refinecam, sum for legrad, else "
+                                "mean")
     layers = (layer, *extra)
     fuse = None if not extra or fusion not in FUSIONS else fusion
     return aug_smooth, eigen_smooth, layers, fuse

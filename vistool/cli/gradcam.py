@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
                         "classes real and fake (--target fake: what looks generated)")
     p.add_argument("--fuse", choices=FUSIONS,
                    help="how the maps of several --layer combine: mean (pytorch-grad-cam's) or "
-                        "product (RefineCAM's) of the normalised maps (default: the method's "
-                        "own, refinecam: product, else mean)")
+                        "product (RefineCAM's) of the normalised maps, or sum of the raw maps "
+                        "(LeGrad's) (default: the method's own: refinecam product, legrad sum, "
+                        "else mean)")
     p.add_argument("--aug-smooth", action="store_true",
                    help="average the maps of six test-time augmentations (horizontal flip x "
                         "0.9, 1, 1.1 times the input), each flipped back (6x the time)")

@@ -175,6 +175,8 @@ def _resolve_targets(targets: Targets, logits: torch.Tensor, topk: int | None) -
     if targets is None:
         return logits.argmax(1, keepdim=True)
     index = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+    if index.is_inference():  # made under torch.inference_mode(): autograd cannot save it
+        index = index.clone()
     if index.numel() == 1:
         index = index.expand(n)
     if index.numel() != n:
@@ -291,10 +293,13 @@ def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: T
              topk: int | None, spec: CamMethod, gradients: bool, options: Mapping[str, object],
              layout: str, reshape) -> tuple[
                  dict[str, torch.Tensor], dict[str, GridView | ReshapeView],
-                 torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                 torch.Tensor | None, torch.Tensor, torch.Tensor, object]:
     """One forward pass: the layers' outputs (in the autograd graph with ``gradients``) and
-    how each maps to (N, K, h, w), the class indices, the scores and the logits."""
-    with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec:
+    how each maps to (N, K, h, w), the class indices, the scores, the logits and what the
+    method's own hooks captured."""
+    hooks = spec.hooks(net, layers) if spec.hooks else contextlib.nullcontext()
+    with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec, \
+            hooks as captured:
         output = net(images)
         index, scores, logits = _scores(output, targets, topk, images.shape[0], spec.score,
                                         options)
@@ -305,7 +310,7 @@ def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: T
     acts = {name: rec[name] for name in layers}
     views = {name: grid_view(name, act, images.shape[2:], layout, reshape)
              for name, act in acts.items()}
-    return acts, views, index, scores, logits
+    return acts, views, index, scores, logits, captured
 
 
 def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -317,8 +322,10 @@ def _upsample(raw: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def _fused(raw: dict[str, torch.Tensor], size: Sequence[int], fuse: str) -> torch.Tensor:
     """The map at input resolution, normalised, as pytorch-grad-cam makes it: one layer's
     map normalised, upsampled and normalised again; several layers' maps fused by their
-    mean (each normalised, then upsampled) or by their product (RefineCAM's: of each
-    layer's map as one layer makes it), normalised."""
+    mean (each normalised, then upsampled), by their product (RefineCAM's: of each layer's
+    map as one layer makes it) or by their sum (LeGrad's: the raw maps), normalised."""
+    if fuse == "sum":
+        return normalize(torch.stack([_upsample(r, size) for r in raw.values()]).sum(0))
     if len(raw) == 1 or fuse == "product":
         maps = torch.stack([normalize(_upsample(r, size)) for r in raw.values()])
         return maps[0] if len(raw) == 1 else normalize(maps.prod(0))
@@ -421,8 +428,8 @@ def explain(
         progress: show a progress bar for the many-forward methods.
         layout: ``"auto"``, ``"nchw"``, ``"nhwc"`` (Swin) or ``"tokens"`` (ViT) (:func:`~vistool.
             core.layout.grid_view`); ``reshape``: output -> (N, C, H, W) for any other.
-        fuse: how several layers' normalised maps combine: ``"mean"`` or ``"product"``
-            (RefineCAM's); None: the method's own (``refinecam``: product), else mean.
+        fuse: how several layers' maps combine: ``"mean"`` or ``"product"`` (RefineCAM's) of
+            the normalised maps, ``"sum"`` of the raw ones; None: the method's own.
         aug_smooth: the mean map of the six :data:`AUGMENTATIONS` (flipped back), for the
             classes chosen on the input as given (six explanations).
         eigen_smooth: the first principal component of the weighted activations instead of
@@ -472,7 +479,7 @@ def _explain(request: _Request, images: torch.Tensor, targets: Targets) -> CamRe
     spec, net, layers = request.spec, request.net, request.layers
     with preserved_state(net, eval_mode=True, frozen=True):
         heads, closed = _heads(net, images, layers, spec, request.closed_form, targets)
-        acts, views, index, scores, logits = _forward(
+        acts, views, index, scores, logits, captured = _forward(
             net, images, layers, targets, request.topk, spec, spec.gradients and not closed,
             request.options, request.layout, request.reshape)
         ctx = CamContext(net=net, images=images, method=spec, layers=layers, acts=acts,
@@ -480,7 +487,8 @@ def _explain(request: _Request, images: torch.Tensor, targets: Targets) -> CamRe
                          closed_form=closed, batch_size=request.batch_size,
                          channels=request.channels, progress=request.progress,
                          eigen_smooth=request.eigen_smooth, layout=request.layout,
-                         reshape=request.reshape, options=request.options, explain=explain)
+                         reshape=request.reshape, options=request.options, explain=explain,
+                         captured=captured)
         raw = spec.maps(ctx)
     return _result(ctx, raw, request.topk, request.fuse, request.model)
 

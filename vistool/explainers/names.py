@@ -35,4 +35,4 @@ CAM_METHODS = tuple(dict.fromkeys([*builtin_cam_modules(),
                                    *(point.name for point in cam_entry_points())]))
 ATTRIBUTION_METHODS = ("saliency", "ig", "guided-backprop", "guided-gradcam", "occlusion")
 LAYOUTS = ("auto", "nchw", "nhwc", "tokens")  # vistool.core.layout.LAYOUTS
-FUSIONS = ("mean", "product")  # how explain() combines several layers' maps
+FUSIONS = ("mean", "product", "sum")  # how explain() combines several layers' maps

@@ -7,6 +7,7 @@ methods share: gradients (closed form or autograd), the channel sum (or, with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -47,12 +48,16 @@ class CamMethod:
         forwards: the extra forward passes it makes, for the docs and the bench.
         eigen_smooth: ``eigen_smooth=True`` applies (the map is a channel sum, replaced by
             the first principal component of the weighted activations).
-        fuse: how the maps of several layers combine by default (``"mean"``, ``"product"``).
+        fuse: how the maps of several layers combine by default (``"mean"``, ``"product"``,
+            ``"sum"``).
         own_copy: makes its own fast copies of the model (:func:`~vistool.fast_copy`
             hands it the model).
         score: the explained score from the model output and the class indices (N, k),
             in the graph; None: the output at the indices.
         params: the method's own options.
+        hooks: ``(net, layers) -> context manager`` the forward pass runs in, for what the
+            layers' outputs do not hold (LeGrad: attention probabilities); what it yields is
+            ``ctx.captured``.
         reference: the implementation its tests compare with.
     """
 
@@ -68,6 +73,7 @@ class CamMethod:
     own_copy: bool = False
     score: Callable[[torch.Tensor, torch.Tensor, Mapping], torch.Tensor] | None = None
     params: Mapping[str, Param] = field(default_factory=dict)
+    hooks: Callable[[nn.Module, list[str]], AbstractContextManager] | None = None
     reference: str = ""
 
     def __post_init__(self):
@@ -99,6 +105,7 @@ class CamContext:
     reshape: Callable[[torch.Tensor], torch.Tensor] | None = None
     options: Mapping[str, object] = field(default_factory=dict)
     explain: Callable[..., object] | None = None  # explain() itself, to explain crops (sess)
+    captured: object = None  # what the method's hooks captured in the forward pass
     _gradients: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def grid(self, name: str) -> torch.Tensor:
