@@ -19,10 +19,17 @@
   (trained on first use, cached).
 
 Peers come from ``pip install -e '.[bench]'``; a missing peer is reported and skipped.
-Times are medians of interleaved repeats after a warm-up.
+Times are medians of interleaved repeats after a warm-up. The peers' NumPy (OpenBLAS)
+threads are told to sleep after 2^4 idle cycles instead of spinning for about 2^28: in an
+interleaved round they otherwise hold the cores while the next case (ours or the other
+peer) runs, and on 2 cores the Eigen-CAM family measured 2-3x slower than it is.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy loads OpenBLAS
 
 import argparse
 import importlib.util

@@ -23,15 +23,18 @@ def preserved_state(model: nn.Module, eval_mode: bool = False,
     training = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     try:
-        if eval_mode:
+        if eval_mode and any(flag for _, flag in training):
             model.eval()
         if frozen:
             for param, _, _ in params:
                 param.requires_grad_(False)
         yield model
-    finally:
+    finally:  # (only what changed: setting a module's attribute costs a Python call each)
         for module, flag in training:
-            module.training = flag
+            if module.training != flag:
+                module.training = flag
         for param, requires_grad, grad in params:
-            param.requires_grad_(requires_grad)
-            param.grad = grad
+            if param.requires_grad != requires_grad:
+                param.requires_grad_(requires_grad)
+            if param.grad is not grad:
+                param.grad = grad
