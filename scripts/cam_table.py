@@ -181,9 +181,10 @@ def _difference(method: str, ours, theirs, layer: str) -> float:
 
 def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[str],
                   methods: list[str], options: dict[str, dict], head: str | None,
-                  repeats: int, device: torch.device) -> None:
+                  repeats: int, device: torch.device, head_layer: str | None = None) -> None:
     """Time every method in ``methods`` against its peer (interleaved, medians) and print
-    the table."""
+    the table: at ``layers[0]`` (RefineCAM and LeGrad: all ``layers``; the methods that
+    need the GAP + linear head, ``head``: at ``head_layer``, default ``layers[0]``)."""
     from vistool.explainers.cams import methods as specs
 
     model = model.eval()
@@ -197,9 +198,10 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
     with signed_projections():
         for method in methods:
             spec, opts = specs()[method], options.get(method, {})
-            used = layers if method in ("refinecam", "legrad") else [layer]
+            used = layers if method in ("refinecam", "legrad") else [
+                head_layer or layer if spec.head == "require" else layer]
             if method == "dff":  # every concept's map, not a class's
-                peer, name = _dff_peer(model, layer, head), "pytorch-grad-cam DFF"
+                peer, name = _dff_peer(model, used[0], head), "pytorch-grad-cam DFF"
             elif method in TORCH_CAM:
                 peer, name = _torch_cam_peer(method, model, used, targets, opts, head), \
                     f"torch-cam {TORCH_CAM[method]}"
@@ -213,7 +215,7 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
                     result = ours()
                 with counting_images(model) as theirs_count:
                     theirs = peer(x)
-            difference = _difference(method, result, theirs, layer)
+            difference = _difference(method, result, theirs, used[0])
             over = f"{times['ours'] / bound:7.2f}x" if spec.gradients else f"{'':>8}"
             print(f"  {method:<16} {mine[0]:>6}/{theirs_count[0]:<6} {times['ours']:10.3f} "
                   f"{times['peer']:9.3f} {times['peer'] / times['ours']:8.2f}x {over} "

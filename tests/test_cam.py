@@ -106,16 +106,25 @@ def test_scorecam_matches_its_definition(hand):
             torch.testing.assert_close(result.raw["2"][i], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_eigencam_is_the_first_principal_component():
-    act = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(3)).abs()
-    net = nn.Sequential(nn.Identity(), nn.Conv2d(4, 2, 1))
-    result = explain(net, act, "eigencam", targets=lambda out: out.sum((1, 2, 3)), layer="0")
-    flat = act[0].reshape(4, 25).T
+@pytest.mark.parametrize(("channels", "scale", "eigh_fails"), [
+    (4, 1.0, False), (40, 1.0, False),  # fewer channels than positions, and more
+    (4, 1e-25, False), (40, 1e-25, False),  # squared, these would underflow float32
+    (4, 1.0, True)])  # LAPACK's eigh returns NaN: the SVD answers
+def test_eigencam_is_the_first_principal_component(monkeypatch, channels, scale, eigh_fails):
+    act = torch.randn(1, channels, 5, 5, generator=torch.Generator().manual_seed(3)).abs() * scale
+    flat = act[0].double().reshape(channels, 25).T
     centred = flat - flat.mean(0)
     v = torch.linalg.svd(centred).Vh[0]
     proj = centred @ v
     proj = proj if (proj * flat.sum(1)).sum() >= 0 else -proj
-    torch.testing.assert_close(result.raw["0"][0], proj.reshape(5, 5).clamp_min(0), atol=1e-5,
+    if eigh_fails:
+        monkeypatch.setattr(torch.linalg, "eigh", lambda a: (
+            torch.full(a.shape[:-1], float("nan")), torch.full_like(a, float("nan"))))
+    net = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 2, 1))
+    result = explain(net, act, "eigencam", targets=lambda out: out.sum((1, 2, 3)), layer="0")
+    expected = proj.reshape(5, 5).clamp_min(0).float()
+    assert expected.amax() > 0
+    torch.testing.assert_close(result.raw["0"][0], expected, atol=1e-5 * float(expected.amax()),
                                rtol=1e-5)
 
 

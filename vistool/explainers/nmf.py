@@ -58,14 +58,14 @@ def _descend(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> float:
     column in turn, all rows at once (a column's rows do not depend on one another). The
     L1 norm of the projected gradient, before the updates."""
     hht, xht = ht.T @ ht, x @ ht
-    violation = 0.0
-    for t in range(w.shape[1]):
-        grad = w @ hht[:, t] - xht[:, t]
-        projected = torch.where(w[:, t] == 0, grad.clamp_max(0), grad)
-        violation += float(projected.abs().sum())
-        if hht[t, t] != 0:
-            w[:, t] = (w[:, t] - grad / hht[t, t]).clamp_min(0)
-    return violation
+    violations = []
+    for t, hess in enumerate(hht.diagonal().tolist()):  # (few ops per column: they add up)
+        column = w[:, t]
+        grad = torch.addmv(xht[:, t], w, hht[:, t], beta=-1)  # w @ hht[:, t] - xht[:, t]
+        violations.append(torch.where(column == 0, grad.clamp_max(0), grad).abs().sum())
+        if hess != 0:
+            column.sub_(grad.div_(hess)).clamp_min_(0)
+    return float(torch.stack(violations).sum())
 
 
 def factorization_of(act: torch.Tensor, concepts: int,

@@ -10,13 +10,13 @@ KERNELS = ("sigmoid", "rbf", "poly", "linear", "cosine")
 
 def _kernel(x: torch.Tensor, kernel: str, gamma: float, coef0: float = 1.0,
             degree: int = 3) -> torch.Tensor:
-    """scikit-learn's pairwise kernels of the rows of ``x`` (n, d) -> (n, n)."""
+    """scikit-learn's pairwise kernels of the rows of each ``x`` (N, n, d) -> (N, n, n)."""
     if kernel == "rbf":
         return torch.exp(-gamma * torch.cdist(x, x).pow(2))
     if kernel == "cosine":
-        unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return unit @ unit.T
-    dot = x @ x.T
+        unit = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return unit @ unit.mT
+    dot = x @ x.mT
     if kernel == "linear":
         return dot
     if kernel == "poly":
@@ -29,20 +29,19 @@ def kernel_projection(act: torch.Tensor, kernel: str = "sigmoid",
     """(N, K, h, w) -> (N, h, w): each position's score on the first kernel principal
     component (scikit-learn's ``KernelPCA(n_components=1).fit_transform`` of the centred
     (h*w, K) activations, its sign as scikit-learn fixes it: the largest magnitude
-    positive)."""
+    positive). In float64 on the CPU (MPS has no float64): small (h*w)^2 eigenproblems,
+    the batch's at once."""
     n, k, h, w = act.shape
-    out = []  # in float64 on the CPU (MPS has no float64): small (h*w)^2 eigenproblems
-    for x in act.reshape(n, k, h * w).transpose(1, 2).cpu().double():
-        x = torch.nan_to_num(x)
-        x = x - x.mean(0)
-        gram = _kernel(x, kernel, 1.0 / k if gamma is None else gamma)
-        centred = gram - gram.mean(0, keepdim=True) - gram.mean(1, keepdim=True) + gram.mean()
-        values, vectors = torch.linalg.eigh(centred)
-        value, vector = values[-1].clamp_min(0), vectors[:, -1]
-        if vector.amin().abs() > vector.amax().abs():
-            vector = -vector
-        out.append(vector * value.sqrt())
-    return torch.stack(out).reshape(n, h, w).to(act.device, act.dtype)
+    x = torch.nan_to_num(act.reshape(n, k, h * w).transpose(1, 2).cpu().double())
+    x = x - x.mean(1, keepdim=True)
+    gram = _kernel(x, kernel, 1.0 / k if gamma is None else gamma)
+    centred = (gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True)
+               + gram.mean((1, 2), keepdim=True))
+    values, vectors = torch.linalg.eigh(centred)
+    value, vector = values[:, -1:].clamp_min(0), vectors[..., -1]
+    flip = vector.amin(1).abs() > vector.amax(1).abs()
+    vector = torch.where(flip[:, None], -vector, vector)
+    return (vector * value.sqrt()).reshape(n, h, w).to(act.device, act.dtype)
 
 
 def _map(ctx, name):
