@@ -5,8 +5,7 @@ a map per image.
 
 As pytorch-grad-cam's ``DeepFeatureFactorization``, which runs scikit-learn's NMF: the same
 coordinate descent from the same random start (NumPy's generator, seed 0), the shift added
-back to the concepts. Computed in torch, on the activations' device. Used by the ``dff``
-CAM method and by :func:`vistool.factorize`.
+back to the concepts. Used by the ``dff`` CAM method and by :func:`vistool.factorize`.
 """
 
 from __future__ import annotations
@@ -38,34 +37,39 @@ def nmf(x: torch.Tensor, components: int, max_iter: int = 200, tol: float = 1e-4
     (components, m) non-negative, least squares: scikit-learn's ``NMF(init="random",
     random_state=seed)`` (cyclic coordinate descent; stops when the projected gradient's
     L1 norm falls to ``tol`` times its first value, or after ``max_iter`` rounds). Returns
-    w, h and the rounds run."""
+    w, h (on ``x``'s device, in its dtype) and the rounds run.
+
+    In NumPy on the CPU: each round updates one column after another, a few small
+    operations each, and NumPy's cost per operation is a third of torch's (2x faster
+    overall here; on a GPU each would be a kernel launch)."""
+    array = x.detach().cpu().numpy() if x.dtype in (torch.float32, torch.float64) else \
+        x.detach().float().cpu().numpy()
     rng = np.random.RandomState(seed)
-    avg = np.sqrt(float(x.mean()) / components)
-    h = torch.from_numpy(np.abs(avg * rng.standard_normal((components, x.shape[1])))).to(x)
-    w = torch.from_numpy(np.abs(avg * rng.standard_normal((x.shape[0], components)))).to(x)
+    avg = np.sqrt(array.mean() / components)
+    h = np.abs(avg * rng.standard_normal((components, array.shape[1]))).astype(array.dtype)
+    w = np.abs(avg * rng.standard_normal((array.shape[0], components))).astype(array.dtype)
+    ht = np.ascontiguousarray(h.T)
     first, rounds = None, 0
     while rounds < max_iter:
         rounds += 1
-        violation = _descend(x, w, h.T) + _descend(x.T, h.T, w)
+        violation = _descend(array, w, ht) + _descend(array.T, ht, w)
         first = violation if first is None else first
         if first == 0 or violation / first <= tol:
             break
-    return w, h, rounds
+    return torch.from_numpy(w).to(x), torch.from_numpy(ht.T.copy()).to(x), rounds
 
 
-def _descend(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> float:
+def _descend(x: np.ndarray, w: np.ndarray, ht: np.ndarray) -> float:
     """One round of coordinate descent on ``w`` (in place) for ``x ~ w @ ht.T``: each
     column in turn, all rows at once (a column's rows do not depend on one another). The
     L1 norm of the projected gradient, before the updates."""
     hht, xht = ht.T @ ht, x @ ht
-    violations = []
-    for t, hess in enumerate(hht.diagonal().tolist()):  # (few ops per column: they add up)
-        column = w[:, t]
-        grad = torch.addmv(xht[:, t], w, hht[:, t], beta=-1)  # w @ hht[:, t] - xht[:, t]
-        violations.append(torch.where(column == 0, grad.clamp_max(0), grad).abs().sum())
-        if hess != 0:
-            column.sub_(grad.div_(hess)).clamp_min_(0)
-    return float(torch.stack(violations).sum())
+    before, grads = w.copy(), np.empty_like(w)  # (a column changes only at its own update)
+    for t in range(w.shape[1]):
+        grad = np.subtract(w @ hht[:, t], xht[:, t], out=grads[:, t])
+        if hht[t, t] != 0:
+            np.maximum(w[:, t] - grad / hht[t, t], 0, out=w[:, t])
+    return float(np.abs(np.where(before == 0, np.minimum(grads, 0), grads)).sum(dtype=np.float64))
 
 
 def factorization_of(act: torch.Tensor, concepts: int,
