@@ -168,11 +168,18 @@ def scorecam_section(device, fast_channels: int, rounds: int) -> None:
           f"mean {np.mean(corr):.4f}, min {np.min(corr):.4f}")
 
 
-def methods_section(device, repeats: int, samples: int, tables: list[str]) -> None:
+def methods_section(device, repeats: int, samples: int, tables: list[str],
+                    only: list[str] | None = None) -> None:
     """The shapes CNN at ``features`` (followed by GAP + linear: the closed form), resnet50
     and resnet18 at layer3 (gradients through layer4: the generic path), vit_b_16's last
     four blocks (the methods for vision transformers)."""
-    from cam_table import PERTURBATION, TRANSFORMER, every_method, methods_table
+    from cam_table import PERTURBATION, TRANSFORMER, every_method
+    from cam_table import methods_table as table
+
+    def methods_table(title, model, x, layers, methods, *args, **kwargs):  # (--methods)
+        chosen = [m for m in methods if only is None or m in only]
+        if chosen:
+            table(title, model, x, layers, chosen, *args, **kwargs)
 
     from trainers.recipes import pretrained_shapes_cnn
     from vistool import load_image, load_model
@@ -195,7 +202,8 @@ def methods_section(device, repeats: int, samples: int, tables: list[str]) -> No
         model = torchvision.models.resnet50(weights=None).to(device)
         methods_table(f"Every method{' but the perturbation ones' if heavy else ''}, "
                       f"resnet50, batch 8, 224², {device}", model, x, ["layer3", "layer4"],
-                      every_method(exclude=(*heavy, "dff")), options, "fc", repeats, device)
+                      every_method(exclude=(*heavy, "dff")), options, "fc", repeats, device,
+                      head_layer="layer4")
     if heavy and "perturbation" in tables:
         model = torchvision.models.resnet18(weights=None).to(device)
         methods_table(f"The perturbation methods, resnet18, one 224² image, {device}", model,
@@ -223,6 +231,8 @@ def main() -> None:
                         "(default: %(default)s)")
     parser.add_argument("--tables", default="shapes,resnet50,perturbation,vit",
                         help="methods: which tables (default: %(default)s)")
+    parser.add_argument("--methods", default="",
+                        help="methods: only these, comma-separated (default: every one)")
     parser.add_argument("--samples", type=int, default=2,
                         help="methods: SS-CAM's and IS-CAM's samples (default: %(default)s)")
     parser.add_argument("--scorecam-rounds", type=int, default=5,
@@ -236,7 +246,8 @@ def main() -> None:
     if "scorecam" in sections:
         scorecam_section(device, args.fast_channels, args.scorecam_rounds)
     if "methods" in sections:
-        methods_section(device, args.repeats, args.samples, args.tables.split(","))
+        methods_section(device, args.repeats, args.samples, args.tables.split(","),
+                        args.methods.split(",") if args.methods else None)
 
 
 def gradcam_section(device, repeats: int) -> None:
