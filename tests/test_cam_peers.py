@@ -3,7 +3,8 @@ and on two random torchvision networks (resnet18 at layer2, where gradients vary
 a narrow ConvNeXt, torchvision's class, whose GELU activations give ShapleyCAM its Hessian
 term, in float64: a random ConvNeXt's gradient x activation terms cancel below float32's
 precision, to a millionth of their size on convnext_tiny), same layers, same targets; also with
-``eigen_smooth`` and with several layers fused.
+``eigen_smooth`` and with several layers fused. LeGrad, for vision transformers alone, equals
+torch-cam's on a tiny ViT trained here and on two random ones.
 
 pytorch-grad-cam returns maps at input resolution: min-max scaled at layer resolution,
 resized with OpenCV and scaled again (several layers: the mean or, RefineCAM, the product of
@@ -318,6 +319,50 @@ def _vit(depth: int, heads: int, size: int, patch: int, dtype=torch.float32):
     model = model.eval().to(dtype)
     return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5),
                               dtype=dtype)
+
+
+def _quadrant_data(n: int, generator: torch.Generator):
+    """Dim noise with one bright square on a patch of an 8-pixel grid; the class: the
+    quadrant the square is in."""
+    x = torch.rand(n, 3, 32, 32, generator=generator) * 0.3
+    cell = torch.randint(0, 16, (n,), generator=generator)
+    row, col = cell // 4, cell % 4
+    for i in range(n):
+        x[i, :, row[i] * 8 + 1:row[i] * 8 + 7, col[i] * 8 + 1:col[i] * 8 + 7] = 1.0
+    return x, (row // 2) * 2 + col // 2
+
+
+@pytest.fixture(scope="module")
+def trained_vit():
+    """A tiny torchvision VisionTransformer trained for 600 steps (8 s) to tell the quadrant
+    of a bright square (61% on new images, chance 25%), and 8 new images."""
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(32, 8, num_layers=2, num_heads=2,
+                                                 hidden_dim=64, mlp_dim=128, num_classes=4)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(600):
+        x, y = _quadrant_data(64, generator)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    x, y = _quadrant_data(64, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.5
+    return model, x[:8]
+
+
+def test_legrad_equals_torch_cam_on_a_trained_vision_transformer(tc, trained_vit):
+    model, x = trained_vit
+    blocks = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    ours = explain(model, x, "legrad", layer=blocks)
+    summed = sum(ours.raw.values())
+    _not_flat(summed)
+    with tc.LeGrad(model, blocks) as peer:
+        theirs = peer(ours.targets.tolist(), model(x))[0]
+    torch.testing.assert_close(normalize(summed), theirs, rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(("case", "layers", "pool"), [
