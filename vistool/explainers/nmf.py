@@ -48,27 +48,27 @@ def nmf(x: torch.Tensor, components: int, max_iter: int = 200, tol: float = 1e-4
     avg = np.sqrt(array.mean() / components)
     h = np.abs(avg * rng.standard_normal((components, array.shape[1]))).astype(array.dtype)
     w = np.abs(avg * rng.standard_normal((array.shape[0], components))).astype(array.dtype)
-    ht = np.ascontiguousarray(h.T)
+    wt = np.ascontiguousarray(w.T)  # (components, n): each column a contiguous row
     first, rounds = None, 0
     while rounds < max_iter:
         rounds += 1
-        violation = _descend(array, w, ht) + _descend(array.T, ht, w)
+        violation = _descend(array, wt, h) + _descend(array.T, h, wt)
         first = violation if first is None else first
         if first == 0 or violation / first <= tol:
             break
-    return torch.from_numpy(w).to(x), torch.from_numpy(ht.T.copy()).to(x), rounds
+    return torch.from_numpy(wt.T.copy()).to(x), torch.from_numpy(h).to(x), rounds
 
 
-def _descend(x: np.ndarray, w: np.ndarray, ht: np.ndarray) -> float:
-    """One round of coordinate descent on ``w`` (in place) for ``x ~ w @ ht.T``: each
-    column in turn, all rows at once (a column's rows do not depend on one another). The
+def _descend(x: np.ndarray, wt: np.ndarray, h: np.ndarray) -> float:
+    """One round of coordinate descent on ``wt`` (in place) for ``x ~ wt.T @ h``: each
+    concept in turn, all of its entries at once (they do not depend on one another). The
     L1 norm of the projected gradient, before the updates."""
-    hht, xht = ht.T @ ht, x @ ht
-    before, grads = w.copy(), np.empty_like(w)  # (a column changes only at its own update)
-    for t in range(w.shape[1]):
-        grad = np.subtract(w @ hht[:, t], xht[:, t], out=grads[:, t])
+    hht, hx = h @ h.T, h @ x.T
+    before, grads = wt.copy(), np.empty_like(wt)  # (a row changes only at its own update)
+    for t in range(len(wt)):
+        grad = np.subtract(hht[t] @ wt, hx[t], out=grads[t])
         if hht[t, t] != 0:
-            np.maximum(w[:, t] - grad / hht[t, t], 0, out=w[:, t])
+            np.maximum(wt[t] - grad / hht[t, t], 0, out=wt[t])
     return float(np.abs(np.where(before == 0, np.minimum(grads, 0), grads)).sum(dtype=np.float64))
 
 
