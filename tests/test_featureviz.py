@@ -3,11 +3,15 @@ the truncated loop, and selectivity on the trained shapes CNN."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import vistool
@@ -201,19 +205,47 @@ def test_render_filters_is_seeded_and_batch_independent():
     assert not torch.equal(other_seed.images, both.images)
 
 
-def test_redirected_relu_turns_on_a_channel_that_starts_dead():
+class FunctionalReLU(nn.Module):
+    """A convolution and a ReLU in one of its functional forms."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.conv, self.form = nn.Conv2d(3, 2, 3, padding=1), form
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.form == "F.relu":
+            return F.relu(x)
+        if self.form == "F.relu inplace":
+            return F.relu(x, inplace=True)
+        if self.form == "torch.relu":
+            return torch.relu(x)
+        if self.form == "x.relu()":
+            return x.relu()
+        x.relu_()  # in place, its result unused: the input itself must change
+        return x
+
+
+@pytest.mark.parametrize("form", ["nn.ReLU", "F.relu", "F.relu inplace", "torch.relu",
+                                  "x.relu()", "x.relu_()"])
+def test_redirected_relu_turns_on_a_channel_that_starts_dead(form):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(inplace=True))
+    if form == "nn.ReLU":
+        model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(inplace=True))
+        conv, layer = model[0], "1"
+    else:
+        model = FunctionalReLU(form)
+        conv, layer = model.conv, OUTPUT
     with torch.no_grad():
-        model[0].bias.copy_(torch.tensor([-0.5, 0.0]))  # channel 0 is off on a flat image
+        conv.bias.copy_(torch.tensor([-0.5, 0.0]))  # channel 0 is off on a flat image
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad(), redirected_relus(model):
         redirected = model(x.clone())
     torch.testing.assert_close(redirected, model(x.clone()))  # the forward is the ReLU's
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert redirected.amin() == 0 and (redirected > 0).any()
 
     def run(redirect):
-        return optimize(model, obj.channel("1", [0, 0]), make_param("fft", (3, 8, 8),
+        return optimize(model, obj.channel(layer, [0, 0]), make_param("fft", (3, 8, 8),
                         generators(2)), generators(2, 10), steps=20, lr=0.1,
                         transforms=Transforms.none(), mean=[0.5] * 3, std=[0.25] * 3,
                         redirect_relu=redirect).history
@@ -221,6 +253,49 @@ def test_redirected_relu_turns_on_a_channel_that_starts_dead():
     assert (run(False) == 0).all()  # no gradient ever reaches a unit that is off everywhere
     assert (run(True)[-1] > 0).all()
     assert all("forward" not in m.__dict__ and not m._forward_hooks for m in model.modules())
+
+
+class FunctionalNet(nn.Module):
+    """conv -> F.relu -> conv -> torch.relu, the second layer's biases lowered: every one of
+    its channels is off on the flat start image (and some on real images too)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv2.bias.sub_(0.4)
+        self.out = nn.Identity()
+
+    def forward(self, x):
+        return self.out(torch.relu(self.conv2(F.relu(self.conv(x)))))
+
+
+def test_every_channel_a_real_image_turns_on_renders_through_functional_relus():
+    from vistool.data.shapes import render_scene
+
+    loaded = vistool.load_model(FunctionalNet(), input_size=(3, 32, 32), mean=[0.5] * 3,
+                                std=[0.25] * 3, device="cpu")
+    rng = np.random.default_rng(0)
+    real = torch.stack([loaded.transform(vistool.load_image(render_scene(
+        rng, 32, [int(rng.integers(5))]).image)) for _ in range(16)])
+    with torch.no_grad():
+        active = loaded.model(real).amax((0, 2, 3)) > 0
+        assert (loaded.model(torch.zeros(1, 3, 32, 32)) == 0).all()  # all off when flat
+    assert 3 <= int(active.sum()) < 8
+
+    def rendered(redirect):
+        result = render_filters(loaded, "out", size=32, steps=96, lr=0.2, batch_size=8,
+                                transforms=Transforms.none(), redirect_relu=redirect)
+        with torch.no_grad():
+            own = loaded.model((result.images - 0.5) / 0.25).mean((2, 3)).diagonal()
+        return result.images.flatten(1).std(1), own
+
+    spread, own = rendered(True)
+    assert (spread[active] > 0.05).all() and (own[active] > 0).all(), (spread, own)
+    spread, own = rendered(False)  # no gradient reaches the start image: it stays flat
+    assert (spread < 0.01).all() and (own == 0).all()
 
 
 def test_learning_rate_warms_up_then_decays_on_a_cosine():
@@ -295,18 +370,38 @@ def shapes(trained_shapes):
     return vistool.load_model(str(trained_shapes[0]), device="cpu")
 
 
+class CallsRelu(nn.Module):
+    """A ReLU its model calls as a function (``F.relu``), not an ``nn.ReLU``."""
+
+    def forward(self, x):
+        return F.relu(x, inplace=True)
+
+
+@pytest.fixture(scope="module", params=["nn.ReLU", "F.relu"])
+def relus(request, shapes):
+    """The trained shapes CNN as it is, and rebuilt with functional ReLUs."""
+    if request.param == "nn.ReLU":
+        return shapes
+    model = copy.deepcopy(shapes.model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.ReLU):
+            model.set_submodule(name, CallsRelu())
+    return dataclasses.replace(shapes, model=model)
+
+
 @pytest.fixture(scope="module")
-def last_conv_filters(shapes):
+def last_conv_filters(relus):
     # The last convolution (before its batch norm and ReLU); 64 channels. Judged on the
     # plain images, so optimised without transforms, at the model's own size, where lr 0.4
     # converges in ~100 steps; 32 exchange steps let correlated channels start from each
     # other's images (95% selective; without them 61%, ties between similar filters).
     layer = "features.12"
-    return render_filters(shapes, layer, size=64, steps=96, lr=0.4, seed=0, batch_size=16,
+    return render_filters(relus, layer, size=64, steps=96, lr=0.4, seed=0, batch_size=16,
                           transforms=Transforms.none(), exchange_steps=32)
 
 
-def test_each_filter_image_excites_its_own_channel_most(shapes, last_conv_filters):
+def test_each_filter_image_excites_its_own_channel_most(relus, last_conv_filters):
+    shapes = relus
     from vistool.explainers.activations import activations
 
     result = last_conv_filters

@@ -155,28 +155,48 @@ class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
-        off = out <= 0
-        relu = grad.masked_fill(off, 0)
-        dead = relu.flatten(1).abs().amax(1) == 0
+        relu = torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward kernel
+        dead = torch.linalg.vector_norm(relu.flatten(1), float("inf"), dim=1) == 0
         if not bool(dead.any()):  # the usual case: the plain ReLU gradient
             return relu
         # ``grad`` is that of the loss (minus the objective): grad > 0 pushes the input down.
-        redirected = grad.masked_fill(off & (grad > 0), 0)
+        redirected = grad.masked_fill((out <= 0) & (grad > 0), 0)
         return torch.where(dead.view(-1, *[1] * (grad.dim() - 1)), redirected, relu)
+
+
+class _RedirectReLUs(torch.overrides.TorchFunctionMode):
+    """Every ReLU computed while active: ``nn.ReLU`` modules, ``F.relu``, ``torch.relu``,
+    ``Tensor.relu`` and their in-place forms, through :class:`_RedirectedReLU` (an in-place
+    form writes the result back into its input, as it would)."""
+
+    OUT_OF_PLACE = frozenset({torch.relu, torch.nn.functional.relu, torch.Tensor.relu})
+    IN_PLACE = frozenset({torch.relu_, torch.Tensor.relu_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self.OUT_OF_PLACE and func not in self.IN_PLACE:
+            return func(*args, **kwargs)
+        x = args[0]
+        inplace = func in self.IN_PLACE or (func is torch.nn.functional.relu and bool(
+            kwargs.get("inplace", args[1] if len(args) > 1 else False)))
+        out = _RedirectedReLU.apply(x)
+        return x.copy_(out) if inplace else out
 
 
 @contextlib.contextmanager
 def redirected_relus(model: nn.Module) -> Iterator[None]:
-    """Inside the block every ``nn.ReLU`` module of ``model`` computes :class:`_RedirectedReLU`
-    (the same values, out of place; the redirected gradient), by an instance attribute
-    ``forward`` that shadows the class's and is removed in ``finally``: no hook, no copy.
-    For a loss to minimise."""
+    """Inside the block every ReLU of ``model`` computes :class:`_RedirectedReLU` (the same
+    values, the redirected gradient): each ``nn.ReLU`` module, out of place, by an instance
+    attribute ``forward`` that shadows the class's and is removed in ``finally`` (no hook, no
+    copy), and the functional forms (``F.relu``, ``torch.relu``, ``x.relu()``, in place or
+    not) through a torch function mode. For a loss to minimise."""
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     saved = {m: m.__dict__.get("forward") for m in relus}
     for module in relus:
         module.forward = _RedirectedReLU.apply
     try:
-        yield
+        with _RedirectReLUs():
+            yield
     finally:
         for module, previous in saved.items():
             if previous is None:

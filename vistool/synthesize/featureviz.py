@@ -162,7 +162,8 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
         seed: the image of channel c depends only on (seed, c), not on its batch.
         batch_size: channels per forward/backward pass (default: 8 on a CPU, 32 on CUDA).
         robust_samples: random transformations averaged for ``robust_activations``.
-        redirect_relu: back-propagate through the model's ``nn.ReLU`` modules with lucid's
+        redirect_relu: back-propagate through the model's ReLUs (modules and ``F.relu``,
+            ``torch.relu``, ``x.relu()``, in place or not) with lucid's
             redirected gradient: for an image whose ReLU passes no gradient (a channel off
             everywhere, as on the flat start image), the gradient that would turn units on
             goes through, so post-ReLU channels that start dead still get optimised.

@@ -41,9 +41,14 @@ class Optimized:
 
 
 def _score(model: nn.Module, objective: Objective, images: torch.Tensor,
-           mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+           mean: torch.Tensor, std: torch.Tensor, redirect_relu: bool = False) -> torch.Tensor:
+    """The objective of ``images``; with ``redirect_relu`` the model's ReLUs redirect their
+    gradient (:func:`redirected_relus`, a torch function mode: around the model alone, as
+    it adds a Python call to every torch operation while it is on)."""
     layers = [name for name in objective.layers if name != INPUT]
-    acts = forward_until(model, (images - mean) / std, layers) if layers else {}
+    redirect = redirected_relus(model) if redirect_relu else contextlib.nullcontext()
+    with redirect:
+        acts = forward_until(model, (images - mean) / std, layers) if layers else {}
     for name, value in acts.items():  # channels-last and token layers as (N, C, H, W)
         view = detect(tuple(getattr(value, "shape", ())), images.shape[2:])
         if view is not None and view.layout != "nchw":
@@ -80,8 +85,8 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
     The learning rate is ``lr`` throughout, or, with ``final_lr``, decays from ``lr`` to
     ``final_lr`` on a cosine over the steps (the images settle into their optimum); with
     ``warmup``, it first rises linearly to ``lr`` over that many steps (large steps from
-    the flat start image overshoot). ``redirect_relu`` back-propagates through the
-    model's ``nn.ReLU`` modules with lucid's redirected gradient (:func:`redirected_relus`),
+    the flat start image overshoot). ``redirect_relu`` back-propagates through every
+    ReLU (modules and functional) with lucid's redirected gradient (:func:`redirected_relus`),
     so that a channel that is off for the whole image still gets a gradient.
 
     Image ``i`` is transformed with ``generators[i]``, so with an objective that treats
@@ -94,10 +99,10 @@ def optimize(model: nn.Module, objective: Objective, param: ImageParam,
     optimizer = torch.optim.Adam(weights, lr=lr)
     schedule = _schedule(optimizer, steps, final_lr, warmup)
     history = []
-    redirect = redirected_relus(model) if redirect_relu else contextlib.nullcontext()
-    with preserved_state(model, eval_mode=True, frozen=True), torch.enable_grad(), redirect:
+    with preserved_state(model, eval_mode=True, frozen=True), torch.enable_grad():
         for step in range(steps):
-            values = _score(model, objective, transforms(param(), generators), mean_t, std_t)
+            values = _score(model, objective, transforms(param(), generators), mean_t, std_t,
+                            redirect_relu)
             grads = torch.autograd.grad(-values.sum(), weights)
             for weight, grad in zip(weights, grads):
                 weight.grad = grad
