@@ -275,7 +275,7 @@ def progress_reporter(label: str, preview=None):
     def report(done: int, total: int, image: torch.Tensor | None) -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=f"{label}: {done}/{total}")
         if image is not None and preview is not None:
-            from vistool.render import to_uint8_hwc
+            from vistool.drawing import to_uint8_hwc
 
             preview.image(to_uint8_hwc(image[0].clamp(0, 1)), caption=f"step {done}",
                           width=256)

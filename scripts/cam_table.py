@@ -21,9 +21,9 @@ from benchutil import timeit
 from torch import nn
 
 from vistool import preserved_state, record
+from vistool.drawing import normalize
 from vistool.explainers.cam import CAM_METHODS, explain
 from vistool.explainers.factorization import factorize
-from vistool.render import normalize
 
 #: method -> pytorch-grad-cam's class
 GRAD_CAM = {

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from vistool import activations, channel_stats
-from vistool.render import apply_colormap, channel_grid, normalize, overlay
+from vistool.drawing import apply_colormap, channel_grid, normalize, overlay
 
 SHAPES = {
     "resnet18": {"layer4": (2, 512, 7, 7), "layer2.0.conv1": (2, 128, 28, 28)},

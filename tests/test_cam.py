@@ -14,8 +14,8 @@ from conftest import require_peer
 from torch import nn
 
 from vistool import TargetError, VistoolError
+from vistool.drawing import normalize
 from vistool.explainers.cam import CAM_METHODS, ConstantMapWarning, explain, linear_head
-from vistool.render import normalize
 
 X = torch.tensor([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0], [1.0, 0.0, -2.0]])
 

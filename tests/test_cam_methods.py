@@ -21,10 +21,10 @@ from torch import nn
 from vistool import VistoolError
 from vistool.cli import main
 from vistool.core.errors import RandomWeightsWarning
+from vistool.drawing import normalize
 from vistool.explainers.cam import AUGMENTATIONS, explain
 from vistool.explainers.cams import methods
 from vistool.explainers.names import CAM_METHODS, builtin_cam_modules
-from vistool.render import normalize
 
 
 def test_every_module_is_one_method_named_after_it():

@@ -29,9 +29,9 @@ from conftest import require_peer
 
 import vistool
 from vistool.core.errors import ConstantMapWarning
+from vistool.drawing import normalize
 from vistool.explainers.cam import explain
 from vistool.explainers.names import CAM_METHODS
-from vistool.render import normalize
 
 #: method -> pytorch-grad-cam's class
 PEERS = {

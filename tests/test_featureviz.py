@@ -312,6 +312,88 @@ def test_learning_rate_warms_up_then_decays_on_a_cosine():
     assert _schedule(optimizer, 10, None, 0) is None
 
 
+@pytest.mark.parametrize(("text", "python"), [
+    ("conv:1", lambda: obj.channel("conv", 1)),
+    ("conv:2:channel", lambda: obj.channel("conv", 2)),
+    ("conv:2:neuron", lambda: obj.neuron("conv", 2)),
+    ("logit:1", lambda: obj.class_logit(1)),
+    ("-conv:1", lambda: -obj.channel("conv", 1)),
+    ("conv:1 - 0.5*diversity(conv)", lambda: obj.channel("conv", 1) - 0.5 * obj.diversity("conv")),
+    ("2*(conv:0 + neuron(conv2, 1)) - l1(0.3) + total_variation() * 0.1",
+     lambda: 2 * (obj.channel("conv", 0) + obj.neuron("conv2", 1)) - obj.l1(0.3)
+     + obj.total_variation() * 0.1),
+    ("deepdream(conv2) + blur(0.7) - l2()", lambda: obj.deepdream("conv2") + obj.blur(0.7)
+     - obj.l2()),
+    ("channel(conv, 3) * logit(0)", lambda: obj.channel("conv", 3) * obj.class_logit(0)),
+])
+def test_objective_strings_equal_their_python_forms(text, python):
+    from vistool.synthesize.objective_text import parse
+    from vistool.synthesize.optimize import evaluate
+
+    model = Tiny()
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    parsed, expected = parse(text), python()
+    assert set(parsed.layers) == set(expected.layers)
+    ours = evaluate(model, parsed, images, [0.5] * 3, [0.25] * 3)
+    torch.testing.assert_close(ours, evaluate(model, expected, images, [0.5] * 3, [0.25] * 3))
+    assert ours.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("conv:9", "channel 9 is out of range: 'conv' has 4 channels (0-3)"),
+    ("nope:1 + conv:0", "no layer named 'nope'"),
+    ("logit:5", "class index 5 is out of range"),
+    ("foo(conv)", "objective 'foo(conv)': unknown function 'foo'"),
+    ("conv:1 +", "objective 'conv:1 +': it ends too early"),
+    ("conv:1 $ 2", "unexpected '$'"),
+    ("conv", "'conv' is not an objective"),
+    ("conv:1:edge", "'conv:1:edge' is not an objective"),
+    ("channel(conv)", "channel takes 2 arguments (layer, int), got 1"),
+    ("conv:x", "channel's int argument must be an int, not 'x'"),
+    ("(conv:1", "objective '(conv:1': it ends too early"),
+    ("(conv:1 conv:2)", "expected ')', found 'conv:2'"),
+    ("3 * 2", "is a number, not an objective"),
+])
+def test_a_bad_objective_is_one_error_naming_its_bad_part(text, fragment):
+    with pytest.raises(vistool.VistoolError) as error:
+        vistool.render(tiny_loaded(), text, size=16, steps=1)
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_render_a_batch_for_any_objective_and_negative_images(tmp_path, capsys):
+    loaded = tiny_loaded()
+    kwargs = {"size": 16, "steps": 24, "lr": 0.1, "transforms": Transforms.none()}
+    diverse = vistool.render(loaded, "conv:1 - 0.5*diversity(conv)", batch=3, **kwargs)
+    again = vistool.render(loaded, obj.channel("conv", 1) - 0.5 * obj.diversity("conv"),
+                           batch=3, **kwargs)
+    assert torch.equal(diverse.images, again.images) and diverse.kind == "objective"
+    assert diverse.objective == "channel(conv, 1) - diversity(conv) * 0.5"
+    assert diverse.images.shape == (3, 3, 16, 16) and diverse.history.shape == (24, 3)
+    assert (diverse.images[0] - diverse.images[1]).abs().max() > 0.05
+    negative = render_filters(loaded, "conv", [0, 1], negative=True, **kwargs)
+    noise = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), vistool.record(loaded.model, "conv") as rec:
+        loaded.model((torch.cat([negative.images, noise]) - 0.5) / 0.25)
+    means = rec["conv"].mean((2, 3))
+    for i, channel in enumerate([0, 1]):  # below its value on every noise image
+        assert means[i, channel] < means[2:, channel].min()
+    assert torch.allclose(negative.activations, -means[[0, 1], [0, 1]], atol=1e-5)
+    out = tmp_path / "out"
+    factory = tmp_path / "tiny.py"
+    factory.write_text("from test_featureviz import Tiny\n\ndef build():\n    return Tiny()\n")
+    argv = ["filters", "--model", f"{factory}:build", "--input-size", "3,16,16", "--size",
+            "16", "--steps", "4", "--out", str(out)]
+    assert main([*argv, "--objective", "conv:1", "--negative", "--batch", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["channel(conv, 1) * -1"] * 2
+    assert manifest["options"]["objective"] == "conv:1" and manifest["options"]["negative"]
+    capsys.readouterr()
+    assert main([*argv[:-1], str(tmp_path / "bad"), "--objective", "conv:7"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == ["vistool: error: channel 7 is out of range: 'conv' has 4 channels (0-3)"]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_class_log_prob_score_is_a_log_probability():
     loaded = tiny_loaded()
     result = render_classes(loaded, [0, 1], size=16, steps=4, score="log_prob")
@@ -449,7 +531,12 @@ def test_filters_cli_writes_pngs_sheet_and_manifest(trained_shapes, tmp_path, ca
     (["--layer", "features.11", "--channels", "70"], "channel 70 is out of range"),
     (["--layer", "fc"], "not a spatial grid"),
     (["--class", "hexagon"], "unknown class 'hexagon'"),
-    (["--channels", "1"], "one of the arguments --layer/-l --class --weights-rgb is required"),
+    (["--channels", "1"], "one of the arguments --layer/-l --class --weights-rgb --objective "
+                          "is required"),
+    (["--class", "circle", "--negative"], "--negative needs --layer or --objective"),
+    (["--layer", "features.11", "--negative", "--exchange-steps", "2"],
+     "--negative and --exchange-steps do not combine"),
+    (["--objective", "features.12:3 + "], "objective 'features.12:3 + ': it ends too early"),
 ])
 def test_filters_cli_bad_input_is_one_line(trained_shapes, tmp_path, capsys, argv, message):
     out = tmp_path / "out"

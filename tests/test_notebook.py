@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import vistool
-from vistool.render import apply_colormap, channel_grid, image_grid, to_uint8_hwc
+from vistool.drawing import apply_colormap, channel_grid, image_grid, to_uint8_hwc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ def sources(tmp_path):
         else:
             (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, tmp_path / source)
-    shutil.copy(ROOT / "vistool" / "render.py", tmp_path / "vistool" / "render.py")
+    shutil.copy(ROOT / "vistool" / "drawing.py", tmp_path / "vistool" / "drawing.py")
     return tmp_path
 
 
@@ -32,7 +32,7 @@ def test_the_trained_model_cache_key_follows_the_trainers_and_the_data(sources, 
     key = shapes_cache_key(sources)
     assert key == shapes_cache_key(sources)
     assert key == shapes_cache_key(ROOT)  # the path of the checkout does not matter
-    (sources / "vistool" / "render.py").write_text("# not something the model depends on\n")
+    (sources / "vistool" / "drawing.py").write_text("# not something the model depends on\n")
     assert shapes_cache_key(sources) == key
     path = sources / changed
     path.write_text(path.read_text() + "\n# changed\n")

@@ -57,12 +57,13 @@ _EXPORTS: dict[str, str] = {
     "load_model": "core.zoo",
     "FeatureVisualization": "synthesize.featureviz",
     "first_layer_weights": "synthesize.featureviz",
+    "render": "synthesize.featureviz",
     "render_classes": "synthesize.featureviz",
     "render_filters": "synthesize.featureviz",
     "DreamResult": "synthesize.deepdream",
     "deepdream": "synthesize.deepdream",
-    "overlay": "render",
-    "show": "render",
+    "overlay": "drawing",
+    "show": "drawing",
     "StyleResult": "synthesize.style",
     "style_transfer": "synthesize.style",
     "PerceptualLoss": "synthesize.fast_style",
@@ -120,6 +121,7 @@ __all__ = [
     "record",
     "register_model",
     "relevance_mass",
+    "render",
     "render_classes",
     "render_filters",
     "resolve_device",
@@ -152,6 +154,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .core.registry import register_model
     from .core.state import preserved_state
     from .core.zoo import LoadedModel, list_models, load_model
+    from .drawing import overlay, show
     from .evaluate.faithfulness import perturbation_curve
     from .evaluate.localisation import pointing_game, relevance_mass
     from .evaluate.sanity import randomisation_check
@@ -160,12 +163,12 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, explain
     from .explainers.factorization import Factorization, factorize
-    from .render import overlay, show
     from .synthesize.deepdream import DreamResult, deepdream
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize
     from .synthesize.featureviz import (
         FeatureVisualization,
         first_layer_weights,
+        render,
         render_classes,
         render_filters,
     )

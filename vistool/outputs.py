@@ -66,7 +66,7 @@ def save_png(path: str | os.PathLike, image) -> Path:
     """Write an RGB image (uint8 HWC array, or float CHW tensor in [0, 1]) as PNG, atomically."""
     from PIL import Image
 
-    from .render import to_uint8_hwc
+    from .drawing import to_uint8_hwc
 
     with atomic_path(path) as tmp:
         Image.fromarray(to_uint8_hwc(image)).save(tmp, format="PNG")

@@ -9,8 +9,7 @@ import torch
 
 import vistool
 from dashboard.common import Session, activations, selected_layer, spatial_layers, tab
-from vistool.explainers.activations import channel_stats
-from vistool.render import (
+from vistool.drawing import (
     channel_grid,
     enlarge,
     image_grid,
@@ -19,6 +18,7 @@ from vistool.render import (
     overlay,
     to_uint8_hwc,
 )
+from vistool.explainers.activations import channel_stats
 
 
 @tab

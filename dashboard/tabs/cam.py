@@ -19,11 +19,11 @@ from dashboard.common import (
     spatial_layers,
     tab,
 )
+from vistool.drawing import apply_colormap, enlarge, overlay, to_uint8_hwc
 from vistool.evaluate.faithfulness import Scorer, perturbation_curve
 from vistool.explainers.cams import methods as cam_methods
 from vistool.explainers.factorization import concept_picture
 from vistool.explainers.names import FUSIONS
-from vistool.render import apply_colormap, enlarge, overlay, to_uint8_hwc
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -6,7 +6,7 @@ import streamlit as st
 
 import vistool
 from dashboard.common import Session, png_bytes, progress_reporter, selected_layer, tab
-from vistool.render import to_uint8_hwc
+from vistool.drawing import to_uint8_hwc
 
 
 @tab

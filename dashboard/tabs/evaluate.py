@@ -8,11 +8,11 @@ import streamlit as st
 
 from dashboard.common import Session, selected_layer, tab
 from dashboard.security import check_path
+from vistool.drawing import line_chart
 from vistool.evaluate.data import load_eval_set
 from vistool.evaluate.names import EVAL_METHODS, LOCALISATION, METRICS
 from vistool.evaluate.report import curve_panels, markdown_table, sanity_panels
 from vistool.evaluate.suite import evaluate
-from vistool.render import line_chart
 
 FAST = ["pointing_game", "energy_pointing_game", "sparseness", "deletion_auc", "insertion_auc"]
 

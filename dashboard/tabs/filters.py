@@ -8,7 +8,7 @@ import torch
 
 import vistool
 from dashboard.common import Session, activations, progress_reporter, selected_layer, tab
-from vistool.render import enlarge, image_grid, normalize, to_uint8_hwc
+from vistool.drawing import enlarge, image_grid, normalize, to_uint8_hwc
 
 
 @tab

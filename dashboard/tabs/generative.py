@@ -8,7 +8,7 @@ import torch
 
 from dashboard.common import Session, tab
 from vistool import generative as gen
-from vistool.render import enlarge, image_grid, to_uint8_hwc
+from vistool.drawing import enlarge, image_grid, to_uint8_hwc
 
 
 def _grid(images: torch.Tensor, cols: int | None = None) -> object:

@@ -18,7 +18,7 @@ from dashboard.common import (
     tab,
 )
 from vistool.core.imageio import load_tensor
-from vistool.render import to_uint8_hwc
+from vistool.drawing import to_uint8_hwc
 
 
 def vgg19_weights() -> str:

@@ -86,9 +86,9 @@ def _check_channels(args, layer: str, act) -> None:
 
 
 def _save_layer(args, staging, path, index: int, layer: str, act) -> dict:
+    from ..drawing import channel_grid
     from ..explainers.activations import channel_stats
     from ..outputs import save_npy, save_png
-    from ..render import channel_grid
 
     _check_channels(args, layer, act)
     base = f"{index:03d}-{slug(path.stem)}_{slug(layer)}"
@@ -131,9 +131,9 @@ def _run_stream(args: argparse.Namespace) -> int:
 
 
 def _cells(args, out, key: str, layer: str, act, layout) -> dict:
+    from ..drawing import channel_grid
     from ..explainers.activations import channel_stats
     from ..outputs import save_npy, save_png
-    from ..render import channel_grid
     from .streaming import file_stem
 
     _check_channels(args, layer, act)

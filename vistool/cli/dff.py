@@ -33,9 +33,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import matplotlib
 
+    from ..drawing import enlarge
     from ..explainers.factorization import concept_picture, factorize
     from ..outputs import manifest, resolve_run_dir, run_directory, save_json, save_npy, save_png
-    from ..render import enlarge
     from .options import prepare_images
 
     args.layer = [args.layer] if args.layer else None

@@ -165,9 +165,9 @@ def _per_image_csv(path, data, ev) -> None:
 
 
 def _figures(staging, args, loaded, data, ev) -> list[dict]:
+    from ..drawing import line_chart
     from ..evaluate.report import curve_panels, sanity_panels
     from ..outputs import save_png
-    from ..render import line_chart
 
     figures = [{"table": "results.md", "caption": f"{len(data.names)} images: mean ± std "
                 "[95% bootstrap interval]; ↑ higher is better, ↓ lower"}]
@@ -192,7 +192,7 @@ def _examples(loaded, data, ev, count: int):
     import torch
 
     from ..core.imageio import deprocess
-    from ..render import image_grid, overlay
+    from ..drawing import image_grid, overlay
 
     count = min(count, len(data.names))
     views = deprocess(data.images[:count], loaded.mean, loaded.std).cpu()

@@ -107,8 +107,8 @@ def _save_batch(args, staging, loaded, paths, first, batch, result, raw) -> list
 
 
 def _save_map(args, staging, loaded, path, stem, view, heat, cls, prob, raw, t) -> dict:
+    from ..drawing import apply_colormap, enlarge, overlay
     from ..outputs import save_npy, save_png
-    from ..render import apply_colormap, enlarge, overlay
 
     base = f"{stem}_{slug(args.method)}_c{cls}"
     save_png(staging / f"{base}_overlay.png",

@@ -35,6 +35,19 @@ def add_parser(sub) -> None:
                       help="render the image that maximises this class (repeatable)")
     what.add_argument("--weights-rgb", nargs="?", const="", metavar="LAYER",
                       help="show the kernels of the first conv layer (or LAYER) as images")
+    what.add_argument("--objective", metavar="TEXT",
+                      help="render --batch images that maximise this objective, as lucent "
+                           "writes them: LAYER:CHANNEL, LAYER:CHANNEL:neuron, logit:CLASS, "
+                           "functions (channel, neuron, logit, deepdream, diversity, l1, l2, "
+                           "total_variation, blur), + - * and numbers, e.g. 'features.12:3 - "
+                           "0.5*diversity(features.12)' (a leading minus: "
+                           "--objective=-features.12:3)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="--objective: how many images, rendered together (diversity(LAYER) "
+                        "pushes them apart) (default: %(default)s)")
+    p.add_argument("--negative", action="store_true",
+                   help="--layer: each channel's negative image (what lowers it most); "
+                        "--objective: minimise the objective")
     p.add_argument("--channels", type=channel_list, metavar="RANGE",
                    help="channels of --layer, e.g. 0-63 or 0,4,9-12 (default: the first 64)")
     p.add_argument("--size", type=positive_int, default=128,
@@ -68,40 +81,44 @@ def add_parser(sub) -> None:
 
 
 def _compute(args: argparse.Namespace, loaded):
-    from ..synthesize.featureviz import render_classes, render_filters
+    from ..synthesize.featureviz import render, render_classes, render_filters
     from ..synthesize.transform import Transforms
 
     options = {"size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
                "transforms": Transforms.none() if args.no_transforms else None,
-               "seed": args.seed, "batch_size": args.batch_size,
-               "redirect_relu": not args.no_redirect_relu, "progress": sys.stderr.isatty()}
+               "seed": args.seed, "redirect_relu": not args.no_redirect_relu,
+               "progress": sys.stderr.isatty()}
+    if args.objective:
+        text = f"-({args.objective})" if args.negative else args.objective
+        return render(loaded, text, batch=args.batch, **options)
+    options["batch_size"] = args.batch_size
     if args.class_targets:
         return render_classes(loaded, args.class_targets, score=args.score, **options)
-    return render_filters(loaded, args.layer, args.channels,
+    return render_filters(loaded, args.layer, args.channels, negative=args.negative,
                           exchange_steps=args.exchange_steps, **options)
 
 
 def _outputs(args, loaded, staging, result) -> list[dict]:
+    from ..drawing import enlarge, image_grid
     from ..outputs import save_npy, save_png
-    from ..render import enlarge, image_grid
 
     save_png(staging / "sheet.png", image_grid(result.images, cell=128))
     save_npy(staging / "images.npy", result.images)
     outputs = []
     for i, target in enumerate(result.targets):
-        name = loaded.class_name(target) if result.kind == "class" else None
+        name = loaded.class_name(target) if result.kind == "class" else result.objective
         png = f"{result.kind}{target:04d}.png"
         save_png(staging / png, enlarge(result.images[i], 128))
         outputs.append({"target": target, "name": name, "png": png,
                         "activation": round(float(result.activations[i]), 6),
                         "robust_activation": round(float(result.robust_activations[i]), 6),
-                        "caption": f"{result.layer or 'class'} {name or target}"})
+                        "caption": f"{result.layer or result.kind} {name or target}"})
     return outputs
 
 
 def _weights_rgb(args, loaded, staging) -> list[dict]:
+    from ..drawing import image_grid
     from ..outputs import save_png
-    from ..render import image_grid
     from ..synthesize.featureviz import first_layer_weights
 
     kernels = first_layer_weights(loaded, args.weights_rgb or None)
@@ -115,6 +132,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.channels is not None and not args.layer:
         raise VistoolError("--channels needs --layer; give the layer whose channels to render")
+    if args.negative and not (args.layer or args.objective):
+        raise VistoolError("--negative needs --layer or --objective")
+    if args.negative and args.exchange_steps:
+        raise VistoolError("--negative and --exchange-steps do not combine: the exchange picks "
+                           "the image that excites a channel most; drop one")
     check_out(args.out)
     loaded = load(args)
     start = time.perf_counter()
@@ -128,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
                    "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
                    "transforms": not args.no_transforms, "device": str(loaded.device),
                    "exchange_steps": args.exchange_steps, "score": args.score,
+                   "objective": args.objective, "batch": args.batch,
+                   "negative": args.negative,
                    "redirect_relu": not args.no_redirect_relu}
         info = manifest("filters", [], options, outputs, seed=args.seed,
                         timings={"seconds": round(time.perf_counter() - start, 4)},

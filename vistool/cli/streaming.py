@@ -80,9 +80,9 @@ def map_rows(args, loaded, keys: list[str], batch, result, raw, layers, out: Pat
     """One index row per explained image of ``batch`` (``keys`` name them): prediction,
     target, map statistics, and the overlay and raw map written unless ``--no-images``."""
     from ..core.imageio import deprocess
+    from ..drawing import enlarge, overlay
     from ..explainers.stats import map_statistics
     from ..outputs import save_npy, save_png
-    from ..render import enlarge, overlay
 
     stats = {k: v.tolist() for k, v in map_statistics(result.maps.float().cpu()).items()}
     top = predictions(loaded, result.logits, 1)

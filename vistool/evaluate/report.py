@@ -28,7 +28,7 @@ def markdown_table(summary: dict, metrics: list[str]) -> str:
 
 
 def curve_panels(ev: Evaluation) -> list[dict]:
-    """One :func:`vistool.render.line_chart` panel per perturbation curve measured: the
+    """One :func:`vistool.drawing.line_chart` panel per perturbation curve measured: the
     mean curve of each method."""
     panels = []
     for mode in ("deletion", "insertion", "road-morf", "road-lerf"):

@@ -13,7 +13,7 @@ from ..core.hooks import record
 from ..core.layout import detect, grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import channel_grid, png_bytes
+from ..drawing import channel_grid, png_bytes
 
 __all__ = ["ActivationResult", "activations", "channel_stats"]
 

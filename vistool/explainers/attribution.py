@@ -24,7 +24,7 @@ from ..core.errors import TargetError, VistoolError, suggestion
 from ..core.progress import bar_disable
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import apply_colormap, image_grid, normalize, png_bytes
+from ..drawing import apply_colormap, image_grid, normalize, png_bytes
 from .cam import Targets, _resolve_targets, explain
 from .names import ATTRIBUTION_METHODS
 

@@ -32,7 +32,7 @@ from ..core.layers import default_layer as find_default_layer
 from ..core.layout import GridView, ReshapeView, grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import apply_colormap, image_grid, normalize, overlay, png_bytes
+from ..drawing import apply_colormap, image_grid, normalize, overlay, png_bytes
 from .cams import CamContext, CamMethod, methods
 from .inference import inference_copy
 from .names import CAM_METHODS, FUSIONS

@@ -22,7 +22,7 @@ from ..core.hooks import record
 from ..core.layout import grid_view
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import image_grid, normalize, png_bytes
+from ..drawing import image_grid, normalize, png_bytes
 from .cam import _layer_names, linear_head
 from .nmf import factorization_of
 

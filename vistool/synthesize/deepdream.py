@@ -41,7 +41,7 @@ from ..core.layers import resolve_layers
 from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import image_grid, png_bytes
+from ..drawing import image_grid, png_bytes
 from . import objectives as obj
 
 __all__ = ["DreamResult", "deepdream", "guided", "octave_sizes", "roll", "tiled_gradient"]

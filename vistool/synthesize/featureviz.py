@@ -21,13 +21,14 @@ from ..core.layout import grid_view
 from ..core.progress import Progress, progress_bar
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import image_grid, png_bytes
+from ..drawing import image_grid, png_bytes
 from . import objectives as obj
 from .optimize import evaluate, optimize
 from .param import make_param
 from .transform import Transforms
 
-__all__ = ["FeatureVisualization", "first_layer_weights", "render_classes", "render_filters"]
+__all__ = ["FeatureVisualization", "first_layer_weights", "render", "render_classes",
+           "render_filters"]
 
 
 @dataclass
@@ -40,8 +41,9 @@ class FeatureVisualization:
         activations: (K,) the objective of each final image as it is.
         robust_activations: (K,) its mean over random transformations of the final image.
         history: (steps, K) the objective at every step.
-        layer: the layer of the channels (None for classes).
-        kind: ``"channel"`` or ``"class"``.
+        layer: the layer of the channels (None for classes and objectives).
+        kind: ``"channel"``, ``"class"`` or ``"objective"`` (:func:`render`).
+        objective: what was maximised, in words (:func:`render`).
 
     In a notebook the result shows itself: the images as one grid, in target order.
     """
@@ -53,6 +55,7 @@ class FeatureVisualization:
     history: torch.Tensor
     layer: str | None
     kind: str
+    objective: str | None = None
 
     def _repr_png_(self) -> bytes:
         return png_bytes(image_grid(self.images.detach().cpu()))
@@ -144,7 +147,7 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
                    transforms: Transforms | None = None, seed: int = 0,
                    batch_size: int | None = None, robust_samples: int = 8,
                    redirect_relu: bool = True, exchange_steps: int = 0,
-                   progress: Progress = False) -> FeatureVisualization:
+                   negative: bool = False, progress: Progress = False) -> FeatureVisualization:
     """Render the image that maximises the mean activation of each channel of ``layer``.
 
     Args:
@@ -172,6 +175,8 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
             are starting points for each other: correlated channels escape a poorer local
             optimum), keeping the better of its two images. 0 (the default) keeps every
             channel's image independent of the other channels requested.
+        negative: the images that minimise each channel instead (lucent's negative
+            images; not with ``exchange_steps``).
         progress: True for a progress bar on stderr, or a callable ``report(done, total,
             image)`` (:mod:`vistool.core.progress`).
 
@@ -184,10 +189,14 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
     if bad or not channels:
         raise VistoolError(f"channel {bad[0] if bad else 'list'} is out of range: layer "
                            f"{layer!r} has {count} channels (0-{count - 1})")
+    if negative and exchange_steps:
+        raise VistoolError("`negative=True` and `exchange_steps` do not combine: the exchange "
+                           "picks the image that excites a channel most; drop one")
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch_size,
                     robust_samples, redirect_relu)
-    result = _render(loaded, lambda chunk: obj.channel(layer, chunk), channels, run, progress,
-                     "filters")
+    sign = -1 if negative else 1
+    result = _render(loaded, lambda chunk: sign * obj.channel(layer, chunk), channels, run,
+                     progress, "filters")
     if exchange_steps:
         result = _exchange(loaded, layer, channels, run, result, exchange_steps, progress)
     return FeatureVisualization(*result[:1], channels, *result[1:], layer, "channel")
@@ -214,6 +223,64 @@ def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, r
 
     return (pick(images, new[0]), pick(plain, new[1]), pick(robust, new[2]),
             torch.cat([history, new[3]]))
+
+
+def _checker(loaded: LoadedModel, size: int) -> Callable[[str | None, int | None], None]:
+    """Checks an objective's layers, channels and classes on ``loaded`` (a layer's channel
+    count from one truncated dry run, once)."""
+    counts: dict[str, int] = {}
+
+    def check(layer: str | None, index: int | None) -> None:
+        if layer is None:
+            outputs = loaded.layers[-1].output_shape if loaded.layers else None
+            loaded.class_index(index, outputs[-1] if outputs and len(outputs) == 2 else None)
+            return
+        if layer not in counts:
+            counts[layer] = _check_layer(loaded, layer, size)
+        if index is not None and not 0 <= index < counts[layer]:
+            raise TargetError(f"channel {index} is out of range: {layer!r} has "
+                              f"{counts[layer]} channels (0-{counts[layer] - 1})")
+
+    return check
+
+
+def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 1,
+           size: int = 128, steps: int = 256, lr: float = 0.05, param: str = "fft",
+           transforms: Transforms | None = None, seed: int = 0, robust_samples: int = 8,
+           redirect_relu: bool = True, progress: Progress = False) -> FeatureVisualization:
+    """Render ``batch`` images that maximise ``objective``, together (one forward and
+    backward pass per step; ``diversity`` in the objective pushes them apart).
+
+    Args:
+        loaded: the model (:func:`vistool.load_model`).
+        objective: text as lucent's (``"features.12:3"``, ``"-features.12:3"`` for the
+            negative image, ``"features.12:3 - 0.5*diversity(features.12)"``;
+            :mod:`vistool.synthesize.objective_text`) or an
+            :class:`~vistool.synthesize.objectives.Objective` (``obj.channel(...) - ...``).
+        batch: how many images (each from its own start, seeded by ``seed`` and its place).
+        size, steps, lr, param, transforms, seed, robust_samples, redirect_relu, progress:
+            as in :func:`render_filters`.
+
+    Raises:
+        VistoolError: text that is not an objective (naming the bad part), an unknown layer,
+            a channel or class out of range, ``batch`` below 1.
+    """
+    from .objective_text import parse
+
+    if batch < 1:
+        raise VistoolError(f"`batch={batch}` must be at least 1")
+    run = _settings(loaded, size, steps, lr, param, transforms, seed, batch, robust_samples,
+                    redirect_relu)
+    if isinstance(objective, str):
+        objective = parse(objective, _checker(loaded, size))
+    else:
+        for layer in objective.layers:
+            if layer not in (obj.INPUT, OUTPUT):
+                _checker(loaded, size)(layer, None)
+    images, plain, robust, history = _render(loaded, lambda _chunk: objective,
+                                             list(range(batch)), run, progress, "render")
+    return FeatureVisualization(images, list(range(batch)), plain, robust, history, None,
+                                "objective", objective.name)
 
 
 def _class_score(score: str) -> Callable[[list[int]], obj.Objective]:

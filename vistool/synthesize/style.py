@@ -35,7 +35,7 @@ from ..core.layers import layer_names
 from ..core.progress import Progress, progress_bar, show
 from ..core.state import preserved_state
 from ..core.zoo import LoadedModel
-from ..render import png_bytes
+from ..drawing import png_bytes
 from . import objectives
 from .objectives import INPUT
 
