@@ -37,6 +37,7 @@ WIDGETS = {
     "steps": "the Steps slider", "size": "the Size slider", "styles": "the Style image upload",
     "masks": "the Masks folder box", "dataset": "the Data box",
     "options": "the method's options", "fuse": "the Fusion choice",
+    "batch": "the Batch slider", "objective": "the Objective box",
     "eigen_smooth": "the Eigen smoothing toggle", "aug_smooth": "the Augmentation smoothing toggle",
 }
 #: What a placeholder value (``weights=FILE``) means in the page.

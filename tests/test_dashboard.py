@@ -175,6 +175,22 @@ def test_cam_method_options_and_fusion_change_the_maps(small):
                       "methods' lists them)"]
 
 
+def test_filters_tab_renders_any_objective_and_names_a_bad_one(small):
+    app = small
+    app.text_input(key="fv_objective").input("features:1 - 0.5*diversity(features)").run()
+    app.slider(key="fv_batch").set_value(2)
+    app.select_slider(key="fv_steps").set_value(32)
+    app.button(key="fv_objective_run").click().run()
+    assert not app.exception and not app.tabs[2].error
+    assert "channel(features, 1) - diversity(features) * 0.5" in _captions(app, 2)
+    app.text_input(key="fv_objective").input("features:1 +").run()
+    app.button(key="fv_objective_run").click().run()
+    assert [e.value for e in app.tabs[2].error] == [
+        "objective 'features:1 +': it ends too early; write LAYER:CHANNEL[:neuron], "
+        "logit:CLASS or a function (channel, neuron, logit, deepdream, diversity, l1, l2, "
+        "total_variation, blur), with + - * and numbers"]
+
+
 def test_long_work_tabs_run_with_progress_and_downloads(small):
     app = small
     app.multiselect(key="fv_channels").set_value([0, 3])

@@ -1,5 +1,7 @@
 """Filters: feature-visualisation images of chosen channels of the chosen layer, beside the
-channels' activations for the current image; the first layer's kernels as RGB."""
+channels' activations for the current image; images for any objective written as text
+(``features.12:3 - 0.5*diversity(features.12)``: a small language, no code runs); the first
+layer's kernels as RGB."""
 
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def render(session: Session) -> None:
             heat = normalize(torch.from_numpy(acts[channel]).float())
             column.image(to_uint8_hwc(enlarge(heat[None].expand(3, -1, -1), 96)),
                          caption="its activation here")
+    with st.expander("Any objective"):
+        objective(session, layer, size, steps)
     with st.expander("First-layer kernels as RGB"):
         st.image(kernel_picture(session.key, session), caption="0.5 grey = zero weight")
 
@@ -47,3 +51,23 @@ def render(session: Session) -> None:
 @st.cache_data(show_spinner=False, max_entries=8)
 def kernel_picture(key: tuple, _session: Session):
     return to_uint8_hwc(image_grid(vistool.first_layer_weights(_session.loaded), cell=32))
+
+
+def objective(session: Session, layer: str, size: int, steps: int) -> None:
+    """A batch of images for an objective written as text (the Size and Steps above)."""
+    text = st.text_input("Objective", f"{layer}:0 - 0.5*diversity({layer})", key="fv_objective",
+                         help="LAYER:CHANNEL, LAYER:CHANNEL:neuron, logit:CLASS and the "
+                              "functions channel, neuron, logit, deepdream, diversity, l1, "
+                              "l2, total_variation, blur, with + - * and numbers; a leading "
+                              "minus for the negative image")
+    batch = st.slider("Batch", 1, 8, 4, key="fv_batch",
+                      help="images rendered together (diversity(LAYER) pushes them apart)")
+    if st.button("Render objective", key="fv_objective_run"):
+        with session.lock:
+            result = vistool.render(session.loaded, text, batch=batch, size=size, steps=steps,
+                                    progress=progress_reporter("rendering"))
+        st.session_state["fv_objective_result"] = (session.key, result.objective,
+                                                   result.images.cpu())
+    stored = st.session_state.get("fv_objective_result")
+    if stored and stored[0] == session.key:
+        st.image(to_uint8_hwc(image_grid(stored[2], cell=size)), caption=stored[1])
