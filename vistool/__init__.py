@@ -57,6 +57,8 @@ _EXPORTS: dict[str, str] = {
     "load_model": "core.zoo",
     "FeatureVisualization": "synthesize.featureviz",
     "first_layer_weights": "synthesize.featureviz",
+    "Inversion": "synthesize.inversion",
+    "invert": "synthesize.inversion",
     "render": "synthesize.featureviz",
     "render_classes": "synthesize.featureviz",
     "render_filters": "synthesize.featureviz",
@@ -84,6 +86,7 @@ __all__ = [
     "Factorization",
     "FeatureVisualization",
     "ImageError",
+    "Inversion",
     "LayerError",
     "LayerInfo",
     "LoadedModel",
@@ -107,6 +110,7 @@ __all__ = [
     "explain",
     "factorize",
     "first_layer_weights",
+    "invert",
     "layer_table",
     "list_models",
     "load_checkpoint",
@@ -172,4 +176,5 @@ if TYPE_CHECKING:  # static tools see the real names
         render_classes,
         render_filters,
     )
+    from .synthesize.inversion import Inversion, invert
     from .synthesize.style import StyleResult, style_transfer

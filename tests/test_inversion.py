@@ -1,0 +1,80 @@
+"""Feature inversion (``vistool.invert``, ``vistool invert``) on the trained shapes CNN: the
+reconstruction's activations match the image's, an early layer keeps more of the image
+than a late one; the command's files and its bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vistool
+from vistool.cli import main
+from vistool.data.shapes import render_scene
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def shapes(trained_shapes):
+    loaded = vistool.load_model(str(trained_shapes[0]), device="cpu")
+    rng = np.random.default_rng(0)
+    scenes = [render_scene(rng, 64, [c]).image for c in (1, 3)]
+    return loaded, torch.stack([loaded.transform(vistool.load_image(s)) for s in scenes]), scenes
+
+
+def test_inversion_matches_the_activations_and_early_layers_keep_more(shapes):
+    loaded, x, _ = shapes
+    state = [p.requires_grad for p in loaded.model.parameters()]
+    found = vistool.invert(loaded, x, ["features.2", "features.12"])
+    for layer in ("features.2", "features.12"):
+        assert found.images[layer].shape == x.shape and (found.errors[layer] < 0.10).all()
+        assert found.history[layer].shape == (400, 2)
+        assert found.history[layer][-1].mean() > found.history[layer][0].mean()
+    assert (found.distances["features.2"] < found.distances["features.12"]).all()
+    assert (found.distances["features.2"] < 0.05).all()  # the first block keeps the image
+    torch.testing.assert_close(found.inputs, vistool.deprocess(x, loaded.mean, loaded.std))
+    with torch.no_grad(), vistool.record(loaded.model, "features.12") as rec:
+        mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)
+        std = torch.tensor(loaded.std).view(1, 3, 1, 1)
+        loaded.model(torch.cat([x, (found.images["features.12"] - mean) / std]))
+    act = rec["features.12"]
+    expected = (act[2:] - act[:2]).flatten(1).norm(dim=1) / act[:2].flatten(1).norm(dim=1)
+    torch.testing.assert_close(found.errors["features.12"], expected, rtol=1e-4, atol=1e-6)
+    assert [p.requires_grad for p in loaded.model.parameters()] == state
+    assert found._repr_png_().startswith(b"\x89PNG")
+
+
+def test_invert_command_writes_strips_and_refuses_a_layer_without_space(shapes, trained_shapes,
+                                                                       tmp_path, capsys):
+    loaded, x, scenes = shapes
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene).save(tmp_path / f"s{i}.png")
+    out = tmp_path / "out"
+    argv = ["invert", "--model", str(trained_shapes[0]), "--steps", "40", "--seed", "3"]
+    assert main([*argv, "--layer", "features.6", str(tmp_path / "s0.png"),
+                 str(tmp_path / "s1.png"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected = vistool.invert(loaded, x, "features.6", steps=40, seed=3)
+    for i, entry in enumerate(manifest["outputs"]):
+        (layer,) = entry["layers"]
+        assert layer["activation_error"] == pytest.approx(float(expected.errors["features.6"][i]),
+                                                          abs=1e-5)
+        assert Image.open(out / entry["png"]).size[0] > Image.open(out / layer["png"]).size[0]
+        saved = np.asarray(Image.open(out / layer["png"]).resize((64, 64), Image.NEAREST))
+        ours = (expected.images["features.6"][i].permute(1, 2, 0).numpy() * 255)
+        assert np.abs(saved.astype(float) - ours).mean() < 2
+    assert "features.6: activations within" in capsys.readouterr().out
+    for bad, message in ((["--layer", "fc"], "layer 'fc' outputs (1, 5), not a spatial grid"),
+                         (["--layer", "nope"], "no layer named 'nope'"),
+                         (["--layer", "features.2", "--steps", "0"], "--steps")):
+        try:
+            status = main([*argv[:3], *bad, str(tmp_path / "s0.png"), "--out",
+                           str(tmp_path / "bad")])
+        except SystemExit as exc:  # argparse's own errors
+            status = exc.code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and message in err[-1] and not (tmp_path / "bad").exists()
