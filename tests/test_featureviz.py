@@ -394,6 +394,28 @@ def test_render_a_batch_for_any_objective_and_negative_images(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_interpolation_frames_move_monotonically_between_the_two_objectives(tmp_path):
+    from vistool.synthesize.optimize import evaluate
+
+    loaded = tiny_loaded()
+    frames = vistool.render(loaded, "conv:0", interpolate=obj.channel("conv", 1), batch=6,
+                            size=16, steps=300, lr=0.5, param="pixel",
+                            transforms=Transforms.none())
+    assert frames.objective == "interpolation(channel(conv, 0), channel(conv, 1))"
+    first, second = (evaluate(loaded.model, obj.channel("conv", c), frames.images, [0.5] * 3,
+                              [0.25] * 3) for c in (0, 1))
+    assert (first.diff() <= 1e-6).all() and (second.diff() >= -1e-6).all(), (first, second)
+    assert first[0] - first[-1] > 0.1 and second[-1] - second[0] > 0.1
+    factory = tmp_path / "tiny.py"
+    factory.write_text("from test_featureviz import Tiny\n\ndef build():\n    return Tiny()\n")
+    assert main(["filters", "--model", f"{factory}:build", "--input-size", "3,16,16", "--size",
+                 "16", "--steps", "4", "--interpolate", "conv:0", "conv:1", "--frames", "3",
+                 "--out", str(tmp_path / "out")]) == 0
+    names = [o["name"] for o in json.loads((tmp_path / "out" / "manifest.json").read_text())[
+        "outputs"]]
+    assert names == ["interpolation(channel(conv, 0), channel(conv, 1))"] * 3
+
+
 def test_class_log_prob_score_is_a_log_probability():
     loaded = tiny_loaded()
     result = render_classes(loaded, [0, 1], size=16, steps=4, score="log_prob")
@@ -532,7 +554,7 @@ def test_filters_cli_writes_pngs_sheet_and_manifest(trained_shapes, tmp_path, ca
     (["--layer", "fc"], "not a spatial grid"),
     (["--class", "hexagon"], "unknown class 'hexagon'"),
     (["--channels", "1"], "one of the arguments --layer/-l --class --weights-rgb --objective "
-                          "is required"),
+                          "--interpolate is required"),
     (["--class", "circle", "--negative"], "--negative needs --layer or --objective"),
     (["--layer", "features.11", "--negative", "--exchange-steps", "2"],
      "--negative and --exchange-steps do not combine"),

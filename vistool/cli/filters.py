@@ -42,9 +42,15 @@ def add_parser(sub) -> None:
                            "total_variation, blur), + - * and numbers, e.g. 'features.12:3 - "
                            "0.5*diversity(features.12)' (a leading minus: "
                            "--objective=-features.12:3)")
+    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
+                      help="--frames images from objective A to objective B (as --objective "
+                           "writes them), frame i maximising (1-t)*A + t*B, all from one start "
+                           "(lucid's channel interpolation)")
     p.add_argument("--batch", type=positive_int, default=1,
                    help="--objective: how many images, rendered together (diversity(LAYER) "
                         "pushes them apart) (default: %(default)s)")
+    p.add_argument("--frames", type=positive_int, default=6,
+                   help="--interpolate: how many frames (default: %(default)s)")
     p.add_argument("--negative", action="store_true",
                    help="--layer: each channel's negative image (what lowers it most); "
                         "--objective: minimise the objective")
@@ -91,6 +97,9 @@ def _compute(args: argparse.Namespace, loaded):
     if args.objective:
         text = f"-({args.objective})" if args.negative else args.objective
         return render(loaded, text, batch=args.batch, **options)
+    if args.interpolate:
+        first, second = args.interpolate
+        return render(loaded, first, interpolate=second, batch=args.frames, **options)
     options["batch_size"] = args.batch_size
     if args.class_targets:
         return render_classes(loaded, args.class_targets, score=args.score, **options)
@@ -151,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
                    "transforms": not args.no_transforms, "device": str(loaded.device),
                    "exchange_steps": args.exchange_steps, "score": args.score,
                    "objective": args.objective, "batch": args.batch,
+                   "interpolate": args.interpolate, "frames": args.frames,
                    "negative": args.negative,
                    "redirect_relu": not args.no_redirect_relu}
         info = manifest("filters", [], options, outputs, seed=args.seed,

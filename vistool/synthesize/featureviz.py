@@ -245,9 +245,10 @@ def _checker(loaded: LoadedModel, size: int) -> Callable[[str | None, int | None
 
 
 def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 1,
-           size: int = 128, steps: int = 256, lr: float = 0.05, param: str = "fft",
-           transforms: Transforms | None = None, seed: int = 0, robust_samples: int = 8,
-           redirect_relu: bool = True, progress: Progress = False) -> FeatureVisualization:
+           interpolate: str | obj.Objective | None = None, size: int = 128, steps: int = 256,
+           lr: float = 0.05, param: str = "fft", transforms: Transforms | None = None,
+           seed: int = 0, robust_samples: int = 8, redirect_relu: bool = True,
+           progress: Progress = False) -> FeatureVisualization:
     """Render ``batch`` images that maximise ``objective``, together (one forward and
     backward pass per step; ``diversity`` in the objective pushes them apart).
 
@@ -258,6 +259,9 @@ def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 
             :mod:`vistool.synthesize.objective_text`) or an
             :class:`~vistool.synthesize.objectives.Objective` (``obj.channel(...) - ...``).
         batch: how many images (each from its own start, seeded by ``seed`` and its place).
+        interpolate: a second objective: the ``batch`` images (frames) go from
+            ``objective`` to it, frame i maximising ``(1 - t) * objective + t * interpolate``
+            (t from 0 to 1), all from the same start (lucid's channel interpolation).
         size, steps, lr, param, transforms, seed, robust_samples, redirect_relu, progress:
             as in :func:`render_filters`.
 
@@ -265,22 +269,30 @@ def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 
         VistoolError: text that is not an objective (naming the bad part), an unknown layer,
             a channel or class out of range, ``batch`` below 1.
     """
-    from .objective_text import parse
-
     if batch < 1:
         raise VistoolError(f"`batch={batch}` must be at least 1")
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch, robust_samples,
                     redirect_relu)
-    if isinstance(objective, str):
-        objective = parse(objective, _checker(loaded, size))
-    else:
-        for layer in objective.layers:
-            if layer not in (obj.INPUT, OUTPUT):
-                _checker(loaded, size)(layer, None)
-    images, plain, robust, history = _render(loaded, lambda _chunk: objective,
-                                             list(range(batch)), run, progress, "render")
+    objective = _checked(loaded, objective, size)
+    if interpolate is not None:
+        objective = obj.interpolation(objective, _checked(loaded, interpolate, size))
+    starts = [0] * batch if interpolate is not None else list(range(batch))
+    images, plain, robust, history = _render(loaded, lambda _chunk: objective, starts, run,
+                                             progress, "render")
     return FeatureVisualization(images, list(range(batch)), plain, robust, history, None,
                                 "objective", objective.name)
+
+
+def _checked(loaded: LoadedModel, objective: str | obj.Objective, size: int) -> obj.Objective:
+    """``objective`` parsed if it is text, its layers, channels and classes checked."""
+    from .objective_text import parse
+
+    if isinstance(objective, str):
+        return parse(objective, _checker(loaded, size))
+    for layer in objective.layers:
+        if layer not in (obj.INPUT, OUTPUT):
+            _checker(loaded, size)(layer, None)
+    return objective
 
 
 def _class_score(score: str) -> Callable[[list[int]], obj.Objective]:

@@ -29,6 +29,7 @@ __all__ = [
     "deepdream",
     "direction",
     "diversity",
+    "interpolation",
     "l1",
     "l2",
     "neuron",
@@ -162,6 +163,21 @@ def diversity(layer: str) -> Objective:
         return -others
 
     return Objective(fn, [layer], f"diversity({layer})")
+
+
+def interpolation(first: Objective, second: Objective) -> Objective:
+    """Image i of a batch of n maximises ``(1 - t) * first + t * second`` with
+    ``t = i / (n - 1)``: the batch goes from one objective to the other (lucid's channel
+    interpolation)."""
+
+    def fn(acts):
+        a, b = first(acts), second(acts)
+        t = torch.linspace(0, 1, len(a), device=a.device, dtype=a.dtype) if len(a) > 1 \
+            else torch.zeros_like(a)
+        return (1 - t) * a + t * b
+
+    return Objective(fn, (*first.layers, *second.layers),
+                     f"interpolation({first.name}, {second.name})")
 
 
 def l1(constant: float = 0.5) -> Objective:
