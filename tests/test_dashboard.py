@@ -183,12 +183,17 @@ def test_filters_tab_renders_any_objective_and_names_a_bad_one(small):
     app.button(key="fv_objective_run").click().run()
     assert not app.exception and not app.tabs[2].error
     assert "channel(features, 1) - diversity(features) * 0.5" in _captions(app, 2)
+    app.text_input(key="fv_objective").input("direction(features, /etc/hostname)").run()
+    app.button(key="fv_objective_run").click().run()
+    assert next(e.value for e in app.tabs[2].error).startswith(
+        "objective 'direction(features, /etc/hostname)': direction(...) reads a vector from a "
+        "file, which is not allowed here")  # a visitor's text reads no file of the server
     app.text_input(key="fv_objective").input("features:1 +").run()
     app.button(key="fv_objective_run").click().run()
     assert [e.value for e in app.tabs[2].error] == [
         "objective 'features:1 +': it ends too early; write LAYER:CHANNEL[:neuron], "
         "logit:CLASS or a function (channel, neuron, logit, deepdream, diversity, l1, l2, "
-        "total_variation, blur), with + - * and numbers"]
+        "total_variation, blur, direction), with + - * and numbers"]
 
 
 def test_long_work_tabs_run_with_progress_and_downloads(small):

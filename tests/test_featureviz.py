@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -392,6 +393,33 @@ def test_render_a_batch_for_any_objective_and_negative_images(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert errors == ["vistool: error: channel 7 is out of range: 'conv' has 4 channels (0-3)"]
     assert not (tmp_path / "bad").exists()
+
+
+def test_direction_reads_its_vector_from_a_file_only_where_allowed(tmp_path):
+    from vistool.synthesize.objective_text import parse
+    from vistool.synthesize.optimize import evaluate
+
+    vector = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
+    np.save(tmp_path / "v.npy", vector)
+    np.save(tmp_path / "short.npy", vector[:3])
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    parsed = parse(f"direction(conv, {tmp_path / 'v.npy'}) - 0.1*l1()",
+                   read=lambda path: torch.from_numpy(np.load(path)))
+    expected = obj.direction("conv", torch.from_numpy(vector)) - 0.1 * obj.l1()
+    torch.testing.assert_close(evaluate(Tiny(), parsed, images, [0.5] * 3, [0.25] * 3),
+                               evaluate(Tiny(), expected, images, [0.5] * 3, [0.25] * 3))
+    loaded = tiny_loaded()
+    for text, read_files, fragment in (
+            (f"direction(conv, {tmp_path / 'v.npy'})", False,
+             "direction(...) reads a vector from a file, which is not allowed here"),
+            (f"direction(conv, {tmp_path / 'short.npy'})", True,
+             "direction's vector has 3 values; 'conv' has 4 channels"),
+            (f"direction(conv, {tmp_path / 'none.npy'})", True, "cannot read a vector from")):
+        with pytest.raises(vistool.VistoolError, match=re.escape(fragment)):
+            vistool.render(loaded, text, size=16, steps=1, read_files=read_files)
+    found = vistool.render(loaded, f"direction(conv, {tmp_path / 'v.npy'})", size=16, steps=24,
+                           lr=0.1, transforms=Transforms.none())
+    assert found.activations[0] > found.history[0, 0] + 0.5 and found.activations[0] > 0
 
 
 def test_interpolation_frames_move_monotonically_between_the_two_objectives(tmp_path):

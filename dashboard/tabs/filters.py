@@ -65,7 +65,7 @@ def objective(session: Session, layer: str, size: int, steps: int) -> None:
     if st.button("Render objective", key="fv_objective_run"):
         with session.lock:
             result = vistool.render(session.loaded, text, batch=batch, size=size, steps=steps,
-                                    progress=progress_reporter("rendering"))
+                                    read_files=False, progress=progress_reporter("rendering"))
         st.session_state["fv_objective_result"] = (session.key, result.objective,
                                                    result.images.cpu())
     stored = st.session_state.get("fv_objective_result")

@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
                       help="render --batch images that maximise this objective, as lucent "
                            "writes them: LAYER:CHANNEL, LAYER:CHANNEL:neuron, logit:CLASS, "
                            "functions (channel, neuron, logit, deepdream, diversity, l1, l2, "
-                           "total_variation, blur), + - * and numbers, e.g. 'features.12:3 - "
+                           "total_variation, blur, direction(LAYER, FILE.npy)), + - * and "
+                           "numbers, e.g. 'features.12:3 - "
                            "0.5*diversity(features.12)' (a leading minus: "
                            "--objective=-features.12:3)")
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"),

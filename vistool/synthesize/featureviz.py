@@ -225,30 +225,46 @@ def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, r
             torch.cat([history, new[3]]))
 
 
-def _checker(loaded: LoadedModel, size: int) -> Callable[[str | None, int | None], None]:
-    """Checks an objective's layers, channels and classes on ``loaded`` (a layer's channel
-    count from one truncated dry run, once)."""
+def _checker(loaded: LoadedModel, size: int) -> Callable[[str | None, int | None], int | None]:
+    """Checks an objective's layers, channels and classes on ``loaded`` and returns a
+    layer's channel count (from one truncated dry run, once)."""
     counts: dict[str, int] = {}
 
-    def check(layer: str | None, index: int | None) -> None:
+    def check(layer: str | None, index: int | None) -> int | None:
         if layer is None:
             outputs = loaded.layers[-1].output_shape if loaded.layers else None
             loaded.class_index(index, outputs[-1] if outputs and len(outputs) == 2 else None)
-            return
+            return None
         if layer not in counts:
             counts[layer] = _check_layer(loaded, layer, size)
         if index is not None and not 0 <= index < counts[layer]:
             raise TargetError(f"channel {index} is out of range: {layer!r} has "
                               f"{counts[layer]} channels (0-{counts[layer] - 1})")
+        return counts[layer]
 
     return check
+
+
+def _read_vector(path: str) -> torch.Tensor:
+    """A direction's vector (C,) from a ``.npy`` file."""
+    import numpy as np
+
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise VistoolError(f"cannot read a vector from {path!r} ({exc}); save one with "
+                           "numpy.save") from None
+    if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.number):
+        raise VistoolError(f"{path!r} holds an array of shape {vector.shape} and type "
+                           f"{vector.dtype}; a direction is one number per channel")
+    return torch.from_numpy(vector.astype(np.float32))
 
 
 def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 1,
            interpolate: str | obj.Objective | None = None, size: int = 128, steps: int = 256,
            lr: float = 0.05, param: str = "fft", transforms: Transforms | None = None,
            seed: int = 0, robust_samples: int = 8, redirect_relu: bool = True,
-           progress: Progress = False) -> FeatureVisualization:
+           read_files: bool = True, progress: Progress = False) -> FeatureVisualization:
     """Render ``batch`` images that maximise ``objective``, together (one forward and
     backward pass per step; ``diversity`` in the objective pushes them apart).
 
@@ -264,6 +280,8 @@ def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 
             (t from 0 to 1), all from the same start (lucid's channel interpolation).
         size, steps, lr, param, transforms, seed, robust_samples, redirect_relu, progress:
             as in :func:`render_filters`.
+        read_files: text may read ``direction(LAYER, FILE.npy)``'s vector (False: a
+            server whose visitors write the text).
 
     Raises:
         VistoolError: text that is not an objective (naming the bad part), an unknown layer,
@@ -273,9 +291,10 @@ def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 
         raise VistoolError(f"`batch={batch}` must be at least 1")
     run = _settings(loaded, size, steps, lr, param, transforms, seed, batch, robust_samples,
                     redirect_relu)
-    objective = _checked(loaded, objective, size)
+    read = _read_vector if read_files else None
+    objective = _checked(loaded, objective, size, read)
     if interpolate is not None:
-        objective = obj.interpolation(objective, _checked(loaded, interpolate, size))
+        objective = obj.interpolation(objective, _checked(loaded, interpolate, size, read))
     starts = [0] * batch if interpolate is not None else list(range(batch))
     images, plain, robust, history = _render(loaded, lambda _chunk: objective, starts, run,
                                              progress, "render")
@@ -283,12 +302,13 @@ def render(loaded: LoadedModel, objective: str | obj.Objective, *, batch: int = 
                                 "objective", objective.name)
 
 
-def _checked(loaded: LoadedModel, objective: str | obj.Objective, size: int) -> obj.Objective:
+def _checked(loaded: LoadedModel, objective: str | obj.Objective, size: int,
+             read: Callable[[str], torch.Tensor] | None) -> obj.Objective:
     """``objective`` parsed if it is text, its layers, channels and classes checked."""
     from .objective_text import parse
 
     if isinstance(objective, str):
-        return parse(objective, _checker(loaded, size))
+        return parse(objective, _checker(loaded, size), read)
     for layer in objective.layers:
         if layer not in (obj.INPUT, OUTPUT):
             _checker(loaded, size)(layer, None)

@@ -6,7 +6,9 @@ numbers and parentheses:
 - ``logit:K`` class K's logit;
 - functions: ``channel(LAYER, C)``, ``neuron(LAYER, C)``, ``logit(K)``,
   ``deepdream(LAYER)``, ``diversity(LAYER)`` (couples the images of a batch),
-  ``l1([CONSTANT])``, ``l2([CONSTANT])``, ``total_variation()``, ``blur([SIGMA])``.
+  ``l1([CONSTANT])``, ``l2([CONSTANT])``, ``total_variation()``, ``blur([SIGMA])``,
+  ``direction(LAYER, FILE.npy)`` (the cosine similarity of the channel vectors to one
+  saved as a NumPy vector; only where reading files is allowed).
 
 ``"-features.12:3"`` is the negative image; ``"features.12:3 - 0.5*diversity(features.12)"``
 a diverse batch. :func:`parse` checks each layer and channel with a callback before anything
@@ -18,12 +20,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import torch
+
 from ..core.errors import VistoolError
 from . import objectives as obj
 
 __all__ = ["FUNCTIONS", "parse"]
 
-#: function name -> (objective, argument kinds: "layer", "int", "number", "number?")
+#: function name -> (objective, argument kinds: "layer", "int", "number", "number?",
+#: "vector": a .npy file)
 FUNCTIONS: dict[str, tuple[Callable[..., obj.Objective], tuple[str, ...]]] = {
     "channel": (obj.channel, ("layer", "int")),
     "neuron": (obj.neuron, ("layer", "int")),
@@ -34,26 +39,31 @@ FUNCTIONS: dict[str, tuple[Callable[..., obj.Objective], tuple[str, ...]]] = {
     "l2": (obj.l2, ("number?",)),
     "total_variation": (obj.total_variation, ()),
     "blur": (obj.blur, ("number?",)),
+    "direction": (obj.direction, ("layer", "vector")),
 }
-_TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.:]))"
-                    r"|(?P<name>[\w][\w.]*(?::[\w.]+)*)|(?P<op>[-+*(),])|(?P<bad>\S))")
+_TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?(?![\w.:/]))"
+                    r"|(?P<name>[\w/~][\w./~-]*(?::[\w.]+)*)|(?P<op>[-+*(),])|(?P<bad>\S))")
 HELP = ("write LAYER:CHANNEL[:neuron], logit:CLASS or a function "
         f"({', '.join(FUNCTIONS)}), with + - * and numbers")
 
 #: ``check(layer, channel)``: raise if the layer (or its channel, when not None) does not
-#: exist; ``check(None, index)`` checks a class index.
-Check = Callable[[str | None, int | None], None]
+#: exist, else return its channel count (None if unknown); ``check(None, index)`` checks
+#: a class index.
+Check = Callable[[str | None, int | None], int | None]
+#: ``read(path)``: a vector (C,) from a file the user named.
+Read = Callable[[str], torch.Tensor]
 
 
-def parse(text: str, check: Check | None = None) -> obj.Objective:
+def parse(text: str, check: Check | None = None, read: Read | None = None) -> obj.Objective:
     """The objective ``text`` describes (the module's docstring gives the language).
+    ``read`` loads ``direction``'s vector; without it (the dashboard) no file is read.
 
     Raises:
         VistoolError: a part that is not an objective, an unknown function or a wrong
             argument, naming it; whatever ``check`` raises for a layer, channel or class.
     """
     tokens = _tokens(text)
-    parser = _Parser(tokens, check or (lambda _layer, _index: None), text)
+    parser = _Parser(tokens, check or (lambda _layer, _index: None), text, read)
     value = parser.expression()
     if parser.position < len(tokens):
         raise parser.error(f"unexpected {tokens[parser.position][1]!r}")
@@ -76,8 +86,10 @@ class _Parser:
     """Recursive descent: expression := term (('+'|'-') term)*; term := unary ('*' unary)*;
     unary := '-' unary | number | '(' expression ')' | name ['(' arguments ')']."""
 
-    def __init__(self, tokens: list[tuple[str, str]], check: Check, text: str):
-        self.tokens, self.check, self.text, self.position = tokens, check, text, 0
+    def __init__(self, tokens: list[tuple[str, str]], check: Check, text: str,
+                 read: Read | None):
+        self.tokens, self.check, self.text, self.read, self.position = (tokens, check, text,
+                                                                        read, 0)
 
     def error(self, what: str) -> VistoolError:
         return VistoolError(f"objective {self.text!r}: {what}; {HELP}")
@@ -162,10 +174,19 @@ class _Parser:
         layer = next((v for k, v in zip(kinds, values) if k == "layer"), None)
         index = next((v for k, v in zip(kinds, values) if k == "int"), None)
         if layer is not None or index is not None:
-            self.check(layer, index)
+            channels = self.check(layer, index)
+            vector = next((v for k, v in zip(kinds, values) if k == "vector"), None)
+            if vector is not None and channels is not None and len(vector) != channels:
+                raise self.error(f"{name}'s vector has {len(vector)} values; {layer!r} has "
+                                 f"{channels} channels")
         return function(*values)
 
     def argument(self, name: str, kind: str, text: str):
+        if kind == "vector":
+            if self.read is None:
+                raise self.error(f"{name}(...) reads a vector from a file, which is not "
+                                 "allowed here")
+            return self.read(text)
         try:
             return {"layer": str, "int": int, "number": float}[kind](text)
         except ValueError:
