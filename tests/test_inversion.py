@@ -1,6 +1,7 @@
 """Feature inversion (``vistool.invert``, ``vistool invert``) on the trained shapes CNN: the
 reconstruction's activations match the image's, an early layer keeps more of the image
-than a late one; the command's files and its bad input."""
+than a late one; the command's files and its bad input. Dataset examples: the top images
+of each channel in one pass."""
 
 from __future__ import annotations
 
@@ -78,3 +79,59 @@ def test_invert_command_writes_strips_and_refuses_a_layer_without_space(shapes, 
             status = exc.code
         err = capsys.readouterr().err.strip().splitlines()
         assert status == 2 and message in err[-1] and not (tmp_path / "bad").exists()
+
+
+# --- dataset examples ------------------------------------------------------------------------
+
+
+def test_top_examples_are_the_brute_force_top_k_in_one_pass(shapes):
+    from vistool.data.shapes import ShapesDataset
+    from vistool.synthesize.examples import receptive_field, top_examples
+
+    loaded = shapes[0]
+    data = ShapesDataset(500, 64, seed=5)
+    pictures = torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255
+    x = (pictures - torch.tensor(loaded.mean).view(1, 3, 1, 1)) / torch.tensor(
+        loaded.std).view(1, 3, 1, 1)
+    found = top_examples(loaded, x.split(64), "features.12", top=9)
+    with torch.no_grad(), vistool.record(loaded.model, "features.12") as rec:
+        loaded.model(x)
+    act = rec["features.12"]
+    peak, where = act.flatten(2).max(2)  # (N, C)
+    brute = peak.T.topk(9, dim=1)
+    same = [set(brute.indices[c].tolist()) == set(found.indices[c].tolist())
+            for c in range(act.shape[1])]
+    assert sum(same) / len(same) >= 0.9
+    torch.testing.assert_close(found.values, brute.values)
+    chosen = where.T.gather(1, found.indices)
+    assert torch.equal(found.positions[..., 0] * 8 + found.positions[..., 1], chosen)
+    torch.testing.assert_close(found.means, act.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert found.images == 500 and found.grid == (8, 8)
+    again = top_examples(loaded, x.split(7), "features.12", top=9)  # any batching
+    assert torch.equal(again.indices, found.indices)
+    # three 3x3 convolutions after three 2x2 poolings see 38 pixels; the first ReLU, 3
+    assert receptive_field(loaded, "features.12", 64) == 38
+    assert receptive_field(loaded, "features.2", 64) == 3
+    assert found.patch_box(0, 0, (64, 64), 38)[2] - found.patch_box(0, 0, (64, 64), 38)[0] == 38
+
+
+def test_filters_examples_command_writes_each_channels_examples(trained_shapes, tmp_path,
+                                                                capsys):
+    out = tmp_path / "out"
+    argv = ["filters", "--model", str(trained_shapes[0]), "--layer", "features.12",
+            "--channels", "0-1", "--size", "64", "--steps", "4", "--top", "4"]
+    assert main([*argv, "--examples", "shapes:120", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["outputs"]:
+        assert len(entry["examples"]) == 4 and entry["field"] == 38
+        values = [e["activation"] for e in entry["examples"]]
+        assert values == sorted(values, reverse=True)
+        assert Image.open(out / entry["examples_png"]).size[0] > 4 * 96
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"not an image")
+    for bad, message in ((["--examples", str(tmp_path / "junk")], "no images to find examples"),
+                         (["--examples", str(tmp_path / "missing")], "does not exist")):
+        capsys.readouterr()
+        assert main([*argv, *bad, "--out", str(tmp_path / "bad")]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and message in errors[0] and not (tmp_path / "bad").exists()

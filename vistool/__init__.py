@@ -59,7 +59,9 @@ _EXPORTS: dict[str, str] = {
     "first_layer_weights": "synthesize.featureviz",
     "Inversion": "synthesize.inversion",
     "invert": "synthesize.inversion",
+    "TopExamples": "synthesize.examples",
     "render": "synthesize.featureviz",
+    "top_examples": "synthesize.examples",
     "render_classes": "synthesize.featureviz",
     "render_filters": "synthesize.featureviz",
     "DreamResult": "synthesize.deepdream",
@@ -95,6 +97,7 @@ __all__ = [
     "Recording",
     "StyleResult",
     "TargetError",
+    "TopExamples",
     "TransformerNet",
     "VistoolError",
     "WeightsError",
@@ -133,6 +136,7 @@ __all__ = [
     "show",
     "style_transfer",
     "stylize",
+    "top_examples",
 ]
 
 
@@ -168,6 +172,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.cam import CAM_METHODS, CamResult, explain
     from .explainers.factorization import Factorization, factorize
     from .synthesize.deepdream import DreamResult, deepdream
+    from .synthesize.examples import TopExamples, top_examples
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize
     from .synthesize.featureviz import (
         FeatureVisualization,

@@ -25,36 +25,12 @@ def add_parser(sub) -> None:
         description="Optimise one image per channel of --layer (or per --class) by gradient "
                     "ascent with transformation robustness; write one PNG per target, a "
                     "contact sheet (sheet.png), the images (images.npy) and manifest.json "
-                    "with each image's final and transform-robust activation. --weights-rgb "
-                    "shows the first convolution's kernels instead.")
+                    "with each image's final and transform-robust activation. --examples adds "
+                    "each channel's top dataset examples beside it. --objective renders any "
+                    "objective written as lucent's text, --interpolate goes from one to "
+                    "another; --weights-rgb shows the first convolution's kernels instead.")
     add_model_options(p)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--layer", "-l", help="layer whose channels to render (e.g. features.28; "
-                                            "a conv before an in-place ReLU is pre-ReLU)")
-    what.add_argument("--class", dest="class_targets", action="append", metavar="NAME|IDX",
-                      help="render the image that maximises this class (repeatable)")
-    what.add_argument("--weights-rgb", nargs="?", const="", metavar="LAYER",
-                      help="show the kernels of the first conv layer (or LAYER) as images")
-    what.add_argument("--objective", metavar="TEXT",
-                      help="render --batch images that maximise this objective, as lucent "
-                           "writes them: LAYER:CHANNEL, LAYER:CHANNEL:neuron, logit:CLASS, "
-                           "functions (channel, neuron, logit, deepdream, diversity, l1, l2, "
-                           "total_variation, blur, direction(LAYER, FILE.npy)), + - * and "
-                           "numbers, e.g. 'features.12:3 - "
-                           "0.5*diversity(features.12)' (a leading minus: "
-                           "--objective=-features.12:3)")
-    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
-                      help="--frames images from objective A to objective B (as --objective "
-                           "writes them), frame i maximising (1-t)*A + t*B, all from one start "
-                           "(lucid's channel interpolation)")
-    p.add_argument("--batch", type=positive_int, default=1,
-                   help="--objective: how many images, rendered together (diversity(LAYER) "
-                        "pushes them apart) (default: %(default)s)")
-    p.add_argument("--frames", type=positive_int, default=6,
-                   help="--interpolate: how many frames (default: %(default)s)")
-    p.add_argument("--negative", action="store_true",
-                   help="--layer: each channel's negative image (what lowers it most); "
-                        "--objective: minimise the objective")
+    _add_targets(p)
     p.add_argument("--channels", type=channel_list, metavar="RANGE",
                    help="channels of --layer, e.g. 0-63 or 0,4,9-12 (default: the first 64)")
     p.add_argument("--size", type=positive_int, default=128,
@@ -85,6 +61,46 @@ def add_parser(sub) -> None:
     add_out_option(p, "filters")
     p.add_argument("--json", action="store_true", help="also print the manifest to stdout")
     p.set_defaults(func=run)
+
+
+def _add_targets(p: argparse.ArgumentParser) -> None:
+    """What to render (one of --layer, --class, --weights-rgb, --objective, --interpolate)
+    and the options of the objectives and the dataset examples."""
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layer", "-l", help="layer whose channels to render (e.g. features.28; "
+                                            "a conv before an in-place ReLU is pre-ReLU)")
+    what.add_argument("--class", dest="class_targets", action="append", metavar="NAME|IDX",
+                      help="render the image that maximises this class (repeatable)")
+    what.add_argument("--weights-rgb", nargs="?", const="", metavar="LAYER",
+                      help="show the kernels of the first conv layer (or LAYER) as images")
+    what.add_argument("--objective", metavar="TEXT",
+                      help="render --batch images that maximise this objective, as lucent "
+                           "writes them: LAYER:CHANNEL, LAYER:CHANNEL:neuron, logit:CLASS, "
+                           "functions (channel, neuron, logit, deepdream, diversity, l1, l2, "
+                           "total_variation, blur, direction(LAYER, FILE.npy)), + - * and "
+                           "numbers, e.g. 'features.12:3 - "
+                           "0.5*diversity(features.12)' (a leading minus: "
+                           "--objective=-features.12:3)")
+    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
+                      help="--frames images from objective A to objective B (as --objective "
+                           "writes them), frame i maximising (1-t)*A + t*B, all from one start "
+                           "(lucid's channel interpolation)")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="--objective: how many images, rendered together (diversity(LAYER) "
+                        "pushes them apart) (default: %(default)s)")
+    p.add_argument("--frames", type=positive_int, default=6,
+                   help="--interpolate: how many frames (default: %(default)s)")
+    p.add_argument("--negative", action="store_true",
+                   help="--layer: each channel's negative image (what lowers it most); "
+                        "--objective: minimise the objective")
+    p.add_argument("--examples", nargs="+", metavar="SOURCE",
+                   help="--layer: also find each channel's --top dataset examples in these "
+                        "images (files, folders, globs, @lists, shapes:N, digits, "
+                        "imagefolder:DIR), streamed in one pass; examples.png per channel: "
+                        "the synthetic image, then the patches of the top images that the "
+                        "strongest position sees")
+    p.add_argument("--top", type=positive_int, default=9,
+                   help="--examples: images per channel (default: %(default)s)")
 
 
 def _compute(args: argparse.Namespace, loaded):
@@ -126,6 +142,53 @@ def _outputs(args, loaded, staging, result) -> list[dict]:
     return outputs
 
 
+def _examples(args, loaded, staging, result, outputs: list[dict], sources) -> None:
+    """Each rendered channel's top dataset examples: ``examples{C}.png`` (the synthetic
+    image, then the patches) and, in its manifest entry, the images and activations."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..core.imageio import resize
+    from ..data.sources import ImageStream, collate
+    from ..drawing import image_grid
+    from ..outputs import save_png
+    from ..synthesize.examples import receptive_field, top_examples
+
+    keys: list[str] = []  # the readable images, in stream order
+
+    def batches():
+        loader = DataLoader(ImageStream(sources, loaded.transform), batch_size=32,
+                            collate_fn=collate)
+        for positions, batch, _errors in loader:
+            if batch is not None:
+                keys.extend(sources[p].key for p in positions)
+                yield batch
+
+    found = top_examples(loaded, batches(), args.layer, args.top, total=len(sources),
+                         progress=sys.stderr.isatty())
+    field = receptive_field(loaded, args.layer, loaded.input_size[-1])
+    stream = ImageStream(sources, loaded.transform)
+    by_key = {source.key: i for i, source in enumerate(sources)}
+    mean = torch.tensor(loaded.mean).view(-1, 1, 1)
+    std = torch.tensor(loaded.std).view(-1, 1, 1)
+    for image, entry in zip(result.images, outputs):
+        channel, row, listed = entry["target"], [resize(image[None], (96, 96), clamp=True)[0]], []
+        for rank in range(args.top):
+            index = int(found.indices[channel, rank])
+            if index < 0:
+                break
+            picture = (stream[by_key[keys[index]]][1] * std + mean).clamp(0, 1)
+            x0, y0, x1, y1 = found.patch_box(channel, rank, picture.shape[1:], field)
+            row.append(resize(picture[None, :, y0:y1, x0:x1], (96, 96), clamp=True)[0])
+            y, x = (int(v) for v in found.positions[channel, rank])
+            listed.append({"path": keys[index], "y": y, "x": x,
+                           "activation": round(float(found.values[channel, rank]), 6)})
+        png = f"examples{channel:04d}.png"
+        save_png(staging / png, image_grid(torch.stack(row), cols=len(row)))
+        entry.update(examples=listed, examples_png=png, field=field,
+                     mean_activation=round(float(found.means[channel]), 6))
+
+
 def _weights_rgb(args, loaded, staging) -> list[dict]:
     from ..drawing import image_grid
     from ..outputs import save_png
@@ -142,12 +205,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.channels is not None and not args.layer:
         raise VistoolError("--channels needs --layer; give the layer whose channels to render")
+    if args.examples and not args.layer:
+        raise VistoolError("--examples needs --layer: the channels whose examples to find")
     if args.negative and not (args.layer or args.objective):
         raise VistoolError("--negative needs --layer or --objective")
     if args.negative and args.exchange_steps:
         raise VistoolError("--negative and --exchange-steps do not combine: the exchange picks "
                            "the image that excites a channel most; drop one")
     check_out(args.out)
+    sources = None
+    if args.examples:  # (every source found before anything runs)
+        from ..data.sources import collect
+
+        sources = collect(args.examples)
     loaded = load(args)
     start = time.perf_counter()
     result = None if args.weights_rgb is not None else _compute(args, loaded)
@@ -155,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
     with run_directory(out_dir) as staging:
         outputs = (_weights_rgb(args, loaded, staging) if result is None
                    else _outputs(args, loaded, staging, result))
+        if args.examples:
+            _examples(args, loaded, staging, result, outputs, sources)
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
                    "layer": args.layer, "classes": args.class_targets, "channels": args.channels,
                    "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
@@ -162,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                    "exchange_steps": args.exchange_steps, "score": args.score,
                    "objective": args.objective, "batch": args.batch,
                    "interpolate": args.interpolate, "frames": args.frames,
-                   "negative": args.negative,
+                   "negative": args.negative, "examples": args.examples, "top": args.top,
                    "redirect_relu": not args.no_redirect_relu}
         info = manifest("filters", [], options, outputs, seed=args.seed,
                         timings={"seconds": round(time.perf_counter() - start, 4)},
