@@ -96,12 +96,12 @@ def top_examples(loaded: LoadedModel, batches: Iterable[torch.Tensor], layer: st
                 values = act.new_full((c, top), float("-inf"))
                 indices = torch.full((c, top), -1, dtype=torch.long, device=act.device)
                 positions = torch.zeros((c, top), dtype=torch.long, device=act.device)
-                sums = act.new_zeros(c, dtype=torch.float64)
+                sums = torch.zeros(c, dtype=torch.float64)  # (on the CPU: MPS has none)
             numbers = torch.arange(seen, seen + n, device=act.device).expand(c, n)
             values, chosen = torch.cat([values, peak.T], 1).topk(top, dim=1)
             indices = torch.cat([indices, numbers], 1).gather(1, chosen)
             positions = torch.cat([positions, where.T], 1).gather(1, chosen)
-            sums += act.mean((2, 3)).sum(0).double()
+            sums += act.mean((2, 3)).sum(0).cpu().double()
             seen += n
             bar.update(n)
     bar.close()
@@ -109,7 +109,7 @@ def top_examples(loaded: LoadedModel, batches: Iterable[torch.Tensor], layer: st
         raise VistoolError("no images to find examples in; give a folder, glob, list or "
                            "dataset with readable images")
     yx = torch.stack([positions // grid[1], positions % grid[1]], -1)
-    return TopExamples(values.cpu(), indices.cpu(), yx.cpu(), (sums / seen).float().cpu(),
+    return TopExamples(values.cpu(), indices.cpu(), yx.cpu(), (sums / seen).float(),
                        grid, seen, layer)
 
 
