@@ -135,3 +135,37 @@ def test_filters_examples_command_writes_each_channels_examples(trained_shapes, 
         assert main([*argv, *bad, "--out", str(tmp_path / "bad")]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(errors) == 1 and message in errors[0] and not (tmp_path / "bad").exists()
+
+
+def test_a_killed_examples_pass_resumes_to_the_same_result(trained_shapes, tmp_path, capsys,
+                                                           monkeypatch):
+    from vistool.data import sources
+
+    argv = ["filters", "--model", str(trained_shapes[0]), "--layer", "features.12",
+            "--channels", "0-3", "--size", "64", "--steps", "2", "--top", "5",
+            "--examples", "shapes:150"]
+    assert main([*argv, "--out", str(tmp_path / "clean")]) == 0
+    read = sources.ImageStream.__getitem__
+
+    def dies_at_70(self, position):
+        if self.sources[position].key == "shapes/000070":
+            raise KeyboardInterrupt  # the run is killed after two batches of 32
+        return read(self, position)
+
+    monkeypatch.setattr(sources.ImageStream, "__getitem__", dies_at_70)
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 130  # "vistool: interrupted"
+    resume = tmp_path / ".run.examples.pt"
+    assert not (tmp_path / "run").exists() and torch.load(resume)["done"] == 64
+    monkeypatch.undo()
+    seen = []
+    monkeypatch.setattr(sources.ImageStream, "__getitem__",
+                        lambda self, p: seen.append(self.sources[p].key) or read(self, p))
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert "shapes/000000" not in seen[:86] and len(seen) >= 86  # the pass went on at 64
+    clean, resumed = (json.loads((tmp_path / name / "manifest.json").read_text())["outputs"]
+                      for name in ("clean", "run"))
+    assert [e["examples"] for e in resumed] == [e["examples"] for e in clean]
+    assert [e["mean_activation"] for e in resumed] == pytest.approx(
+        [e["mean_activation"] for e in clean], abs=1e-5)
+    assert not resume.exists()
+    capsys.readouterr()

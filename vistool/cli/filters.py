@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from ..core.errors import VistoolError
 from .options import (
@@ -142,30 +143,61 @@ def _outputs(args, loaded, staging, result) -> list[dict]:
     return outputs
 
 
-def _examples(args, loaded, staging, result, outputs: list[dict], sources) -> None:
-    """Each rendered channel's top dataset examples: ``examples{C}.png`` (the synthetic
-    image, then the patches) and, in its manifest entry, the images and activations."""
+def _examples_pass(args, loaded, sources, resume: Path):
+    """The top examples over ``sources``, resumable: after every batch the pass so far is
+    saved to ``resume`` (with the sources read and a signature of the request); a rerun
+    of the same request goes on from there. Returns the result and the readable images'
+    keys in stream order."""
+    import hashlib
+    from dataclasses import asdict
+
     import torch
     from torch.utils.data import DataLoader
 
-    from ..core.imageio import resize
     from ..data.sources import ImageStream, collate
-    from ..drawing import image_grid
-    from ..outputs import save_png
-    from ..synthesize.examples import receptive_field, top_examples
+    from ..synthesize.examples import TopExamples, top_examples
 
-    keys: list[str] = []  # the readable images, in stream order
+    signature = hashlib.sha256(json.dumps(
+        [args.model, args.weights, args.checkpoint, args.layer, args.top,
+         [s.key for s in sources]]).encode()).hexdigest()
+    saved = torch.load(resume, weights_only=True) if resume.is_file() else {}
+    if saved.get("signature") != signature:
+        saved = {}
+    start = TopExamples(**saved["state"]) if saved else None
+    keys, done = list(saved.get("keys", [])), [saved.get("done", 0)]
 
     def batches():
-        loader = DataLoader(ImageStream(sources, loaded.transform), batch_size=32,
+        first = done[0]
+        loader = DataLoader(ImageStream(sources[first:], loaded.transform), batch_size=32,
                             collate_fn=collate)
-        for positions, batch, _errors in loader:
+        for positions, batch, errors in loader:
+            done[0] += len(positions) + len(errors)
             if batch is not None:
-                keys.extend(sources[p].key for p in positions)
+                keys.extend(sources[first + p].key for p in positions)
                 yield batch
 
+    def save(state: TopExamples) -> None:
+        torch.save({"signature": signature, "state": asdict(state), "keys": keys,
+                    "done": done[0]}, resume)
+
     found = top_examples(loaded, batches(), args.layer, args.top, total=len(sources),
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), start=start, after_batch=save)
+    return found, keys
+
+
+def _examples(args, loaded, staging, result, outputs: list[dict], sources,
+              resume: Path) -> None:
+    """Each rendered channel's top dataset examples: ``examples{C}.png`` (the synthetic
+    image, then the patches) and, in its manifest entry, the images and activations."""
+    import torch
+
+    from ..core.imageio import resize
+    from ..data.sources import ImageStream
+    from ..drawing import image_grid
+    from ..outputs import save_png
+    from ..synthesize.examples import receptive_field
+
+    found, keys = _examples_pass(args, loaded, sources, resume)
     field = receptive_field(loaded, args.layer, loaded.input_size[-1])
     stream = ImageStream(sources, loaded.transform)
     by_key = {source.key: i for i, source in enumerate(sources)}
@@ -222,11 +254,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = None if args.weights_rgb is not None else _compute(args, loaded)
     out_dir = resolve_run_dir(args.out, "filters")
+    resume = out_dir.parent / f".{out_dir.name}.examples.pt"  # a killed examples pass
     with run_directory(out_dir) as staging:
         outputs = (_weights_rgb(args, loaded, staging) if result is None
                    else _outputs(args, loaded, staging, result))
         if args.examples:
-            _examples(args, loaded, staging, result, outputs, sources)
+            _examples(args, loaded, staging, result, outputs, sources, resume)
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
                    "layer": args.layer, "classes": args.class_targets, "channels": args.channels,
                    "size": args.size, "steps": args.steps, "lr": args.lr, "param": args.param,
@@ -240,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
                         timings={"seconds": round(time.perf_counter() - start, 4)},
                         model=loaded.describe())
         save_json(staging / "manifest.json", info)
+    resume.unlink(missing_ok=True)
     if args.json:
         print(json.dumps(info, indent=1))
     else:

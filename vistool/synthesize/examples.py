@@ -10,7 +10,7 @@ brute-force pass (ties aside).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -70,13 +70,16 @@ def _grid(loaded: LoadedModel, batch: torch.Tensor, layer: str) -> torch.Tensor:
 
 
 def top_examples(loaded: LoadedModel, batches: Iterable[torch.Tensor], layer: str,
-                 top: int = 9, total: int | None = None,
-                 progress: Progress = False) -> TopExamples:
+                 top: int = 9, total: int | None = None, progress: Progress = False,
+                 start: TopExamples | None = None,
+                 after_batch: Callable[[TopExamples], None] | None = None) -> TopExamples:
     """The ``top`` images of ``batches`` (preprocessed (B, C, H, W), in stream order) that
     excite each channel of ``layer`` most, by each image's strongest position.
 
-    ``total``: the number of images, for the progress bar. The network runs only up to
-    ``layer``, without gradients; the model comes back as it was.
+    ``total``: the number of images, for the progress bar. ``start``: a result so far
+    (a resumed pass: ``batches`` then go on from image ``start.images``);
+    ``after_batch(result so far)`` after every batch (to save it). The network runs only up
+    to ``layer``, without gradients; the model comes back as it was.
 
     Raises:
         VistoolError: ``top`` below 1, a layer without a spatial output, no images.
@@ -85,6 +88,11 @@ def top_examples(loaded: LoadedModel, batches: Iterable[torch.Tensor], layer: st
         raise VistoolError(f"`top={top}` must be at least 1")
     values = indices = positions = sums = None
     seen, grid = 0, (0, 0)
+    if start is not None:
+        values, indices = start.values.to(loaded.device), start.indices.to(loaded.device)
+        positions = (start.positions[..., 0] * start.grid[1] + start.positions[..., 1]).to(
+            loaded.device)
+        sums, seen, grid = start.means.cpu().double() * start.images, start.images, start.grid
     bar = progress_bar(total or 0, "examples", progress)
     with preserved_state(loaded.model, eval_mode=True), torch.no_grad():
         for batch in batches:
@@ -104,13 +112,19 @@ def top_examples(loaded: LoadedModel, batches: Iterable[torch.Tensor], layer: st
             sums += act.mean((2, 3)).sum(0).cpu().double()
             seen += n
             bar.update(n)
+            if after_batch is not None:
+                after_batch(_result(values, indices, positions, sums, grid, seen, layer))
     bar.close()
     if values is None:
         raise VistoolError("no images to find examples in; give a folder, glob, list or "
                            "dataset with readable images")
+    return _result(values, indices, positions, sums, grid, seen, layer)
+
+
+def _result(values, indices, positions, sums, grid, seen, layer) -> TopExamples:
     yx = torch.stack([positions // grid[1], positions % grid[1]], -1)
-    return TopExamples(values.cpu(), indices.cpu(), yx.cpu(), (sums / seen).float(),
-                       grid, seen, layer)
+    return TopExamples(values.cpu(), indices.cpu(), yx.cpu(), (sums / seen).float(), grid,
+                       seen, layer)
 
 
 def receptive_field(loaded: LoadedModel, layer: str, size: int) -> int:
