@@ -169,3 +169,38 @@ def test_a_killed_examples_pass_resumes_to_the_same_result(trained_shapes, tmp_p
         [e["mean_activation"] for e in clean], abs=1e-5)
     assert not resume.exists()
     capsys.readouterr()
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np, torch, vistool
+from vistool.data.shapes import render_scene
+from vistool.synthesize.examples import top_examples
+torch.set_num_threads(1)
+loaded = vistool.load_model(sys.argv[1], device="cpu")
+count = int(sys.argv[2])
+top_examples(loaded, [torch.zeros(50, 3, 64, 64)], "features.12")  # allocators warmed up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def batches():  # generated as they go: nothing but the pass itself grows with the count
+    rng = np.random.default_rng(0)
+    for first in range(0, count, 50):
+        yield torch.stack([loaded.transform(vistool.load_image(render_scene(
+            rng, 64, [int(rng.integers(5))]).image)) for _ in range(min(50, count - first))])
+found = top_examples(loaded, batches(), "features.12")
+print(found.images, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_the_examples_pass_takes_no_more_memory_for_ten_times_the_images(trained_shapes):
+    import subprocess
+    import sys
+
+    growth = {}  # the peak resident memory's growth during the pass, in KiB
+    for count in (500, 5000):
+        done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(trained_shapes[0]),
+                               str(count)], capture_output=True, text=True, check=True)
+        images, growth[count] = (int(v) for v in done.stdout.split())
+        assert images == count
+    # (the activations of 5,000 images alone would be 80 MiB; the growth itself varies by
+    # 10 MiB from run to run, 16 MiB of slack)
+    assert growth[5000] <= 1.1 * growth[500] + 16384, growth
