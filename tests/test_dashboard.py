@@ -196,6 +196,22 @@ def test_filters_tab_renders_any_objective_and_names_a_bad_one(small):
         "total_variation, blur, direction), with + - * and numbers"]
 
 
+def test_filters_tab_finds_dataset_examples_in_a_dataset_or_an_allowed_folder(small):
+    app = small
+    app.multiselect(key="fv_channels").set_value([0, 3])
+    app.select_slider(key="fv_steps").set_value(32)
+    app.button(key="fv_run").click().run()
+    app.text_input(key="fv_examples_source").input("shapes:40").run()
+    app.button(key="fv_examples_run").click().run()
+    assert not app.exception and not app.tabs[2].error
+    captions = _captions(app, 2)
+    assert "channel 0: its top 6 of 40 images" in captions
+    assert "channel 3: its top 6 of 40 images" in captions
+    app.text_input(key="fv_examples_source").input("/etc").run()
+    app.button(key="fv_examples_run").click().run()
+    assert "outside the folders this dashboard may read" in app.tabs[2].error[0].value
+
+
 def test_long_work_tabs_run_with_progress_and_downloads(small):
     app = small
     app.multiselect(key="fv_channels").set_value([0, 3])

@@ -5,12 +5,20 @@ layer's kernels as RGB."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 import torch
+from torch.utils.data import DataLoader
 
 import vistool
 from dashboard.common import Session, activations, progress_reporter, selected_layer, tab
+from dashboard.security import check_path
+from vistool.core.errors import VistoolError
+from vistool.core.imageio import resize
+from vistool.data.sources import ImageStream, collate, collect
 from vistool.drawing import enlarge, image_grid, normalize, to_uint8_hwc
+from vistool.synthesize.examples import receptive_field
 
 
 @tab
@@ -42,6 +50,8 @@ def render(session: Session) -> None:
             heat = normalize(torch.from_numpy(acts[channel]).float())
             column.image(to_uint8_hwc(enlarge(heat[None].expand(3, -1, -1), 96)),
                          caption="its activation here")
+        with st.expander("Dataset examples"):
+            examples(session, layer, shown)
     with st.expander("Any objective"):
         objective(session, layer, size, steps)
     with st.expander("First-layer kernels as RGB"):
@@ -71,3 +81,43 @@ def objective(session: Session, layer: str, size: int, steps: int) -> None:
     stored = st.session_state.get("fv_objective_result")
     if stored and stored[0] == session.key:
         st.image(to_uint8_hwc(image_grid(stored[2], cell=size)), caption=stored[1])
+
+
+def examples(session: Session, layer: str, shown: list[int]) -> None:
+    """Each rendered channel's top images in a dataset or a folder the dashboard may read:
+    the patches its strongest positions see."""
+    source = st.text_input("Examples from", "shapes:200", key="fv_examples_source",
+                           help="a dataset (shapes:N, digits) or a folder of images inside "
+                                "the folders this dashboard may read")
+    if not st.button("Find examples", key="fv_examples_run"):
+        return
+    if source.split(":", 1)[0] not in ("shapes", "digits"):
+        check_path(source, "the Examples folder")
+        if not Path(source).is_dir():
+            raise VistoolError(f"the Examples box {source!r} is neither a dataset (shapes:N, "
+                               "digits) nor a folder; give one of them")
+    sources = collect([source])
+    stream = ImageStream(sources, session.loaded.transform)
+    kept: list[int] = []  # the readable images' places in the stream
+
+    def batches():
+        for positions, batch, _errors in DataLoader(stream, batch_size=32, collate_fn=collate):
+            if batch is not None:
+                kept.extend(positions)
+                yield batch.to(session.loaded.device)
+
+    with session.lock:
+        found = vistool.top_examples(session.loaded, batches(), layer, top=6,
+                                     total=len(sources), progress=progress_reporter("examples"))
+        field = receptive_field(session.loaded, layer, session.loaded.input_size[-1])
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (session.loaded.mean,
+                                                          session.loaded.std))
+    for channel in shown:
+        row = []
+        for rank, index in enumerate(found.indices[channel].tolist()):
+            if index >= 0:
+                picture = (stream[kept[index]][1] * std + mean).clamp(0, 1)
+                x0, y0, x1, y1 = found.patch_box(channel, rank, tuple(picture.shape[1:]), field)
+                row.append(resize(picture[None, :, y0:y1, x0:x1], (64, 64), clamp=True)[0])
+        st.image(to_uint8_hwc(image_grid(torch.stack(row), cols=len(row))),
+                 caption=f"channel {channel}: its top {len(row)} of {found.images} images")
