@@ -15,7 +15,6 @@ import vistool
 from dashboard.common import Session, activations, progress_reporter, selected_layer, tab
 from dashboard.security import check_path
 from vistool.core.errors import VistoolError
-from vistool.core.imageio import resize
 from vistool.data.sources import ImageStream, collate, collect
 from vistool.drawing import enlarge, image_grid, normalize, to_uint8_hwc
 from vistool.synthesize.examples import receptive_field
@@ -110,14 +109,12 @@ def examples(session: Session, layer: str, shown: list[int]) -> None:
         found = vistool.top_examples(session.loaded, batches(), layer, top=6,
                                      total=len(sources), progress=progress_reporter("examples"))
         field = receptive_field(session.loaded, layer, session.loaded.input_size[-1])
-    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (session.loaded.mean,
-                                                          session.loaded.std))
+
+    def picture(index: int) -> torch.Tensor:
+        return vistool.deprocess(stream[kept[index]][1], session.loaded.mean,
+                                 session.loaded.std)
+
     for channel in shown:
-        row = []
-        for rank, index in enumerate(found.indices[channel].tolist()):
-            if index >= 0:
-                picture = (stream[kept[index]][1] * std + mean).clamp(0, 1)
-                x0, y0, x1, y1 = found.patch_box(channel, rank, tuple(picture.shape[1:]), field)
-                row.append(resize(picture[None, :, y0:y1, x0:x1], (64, 64), clamp=True)[0])
+        row = found.patches(channel, picture, field, (64, 64))
         st.image(to_uint8_hwc(image_grid(torch.stack(row), cols=len(row))),
                  caption=f"channel {channel}: its top {len(row)} of {found.images} images")

@@ -191,7 +191,7 @@ def _examples(args, loaded, staging, result, outputs: list[dict], sources,
     image, then the patches) and, in its manifest entry, the images and activations."""
     import torch
 
-    from ..core.imageio import resize
+    from ..core.imageio import deprocess, resize
     from ..data.sources import ImageStream
     from ..drawing import image_grid
     from ..outputs import save_png
@@ -201,20 +201,19 @@ def _examples(args, loaded, staging, result, outputs: list[dict], sources,
     field = receptive_field(loaded, args.layer, loaded.input_size[-1])
     stream = ImageStream(sources, loaded.transform)
     by_key = {source.key: i for i, source in enumerate(sources)}
-    mean = torch.tensor(loaded.mean).view(-1, 1, 1)
-    std = torch.tensor(loaded.std).view(-1, 1, 1)
+
+    def picture(index: int):
+        return deprocess(stream[by_key[keys[index]]][1], loaded.mean, loaded.std)
+
     for image, entry in zip(result.images, outputs):
-        channel, row, listed = entry["target"], [resize(image[None], (96, 96), clamp=True)[0]], []
-        for rank in range(args.top):
-            index = int(found.indices[channel, rank])
-            if index < 0:
-                break
-            picture = (stream[by_key[keys[index]]][1] * std + mean).clamp(0, 1)
-            x0, y0, x1, y1 = found.patch_box(channel, rank, picture.shape[1:], field)
-            row.append(resize(picture[None, :, y0:y1, x0:x1], (96, 96), clamp=True)[0])
-            y, x = (int(v) for v in found.positions[channel, rank])
-            listed.append({"path": keys[index], "y": y, "x": x,
-                           "activation": round(float(found.values[channel, rank]), 6)})
+        channel = entry["target"]
+        row = [resize(image[None], (96, 96), clamp=True)[0],
+               *found.patches(channel, picture, field, (96, 96))]
+        listed = [{"path": keys[index], "y": int(y), "x": int(x),
+                   "activation": round(float(value), 6)}
+                  for index, (y, x), value in zip(found.indices[channel].tolist(),
+                                                  found.positions[channel],
+                                                  found.values[channel]) if index >= 0]
         png = f"examples{channel:04d}.png"
         save_png(staging / png, image_grid(torch.stack(row), cols=len(row)))
         entry.update(examples=listed, examples_png=png, field=field,

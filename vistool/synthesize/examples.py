@@ -17,6 +17,7 @@ import torch
 
 from ..core.errors import VistoolError
 from ..core.hooks import forward_until
+from ..core.imageio import resize
 from ..core.layout import grid_view
 from ..core.progress import Progress, progress_bar
 from ..core.state import preserved_state
@@ -59,6 +60,20 @@ class TopExamples:
         y0 = int(min(max(round(cy - side_y / 2), 0), height - side_y))
         x0 = int(min(max(round(cx - side_x / 2), 0), width - side_x))
         return x0, y0, x0 + side_x, y0 + side_y
+
+    def patches(self, channel: int, picture: Callable[[int], torch.Tensor], field: int,
+                size: tuple[int, int]) -> list[torch.Tensor]:
+        """The patches of ``channel``'s top images that its strongest positions see
+        (:meth:`patch_box`), each resized to ``size``; ``picture(index)`` is the image at
+        that place of the stream as a picture (C, H, W) in [0, 1]."""
+        patches = []
+        for rank, index in enumerate(self.indices[channel].tolist()):
+            if index < 0:  # (the stream had fewer images)
+                break
+            image = picture(index)
+            x0, y0, x1, y1 = self.patch_box(channel, rank, tuple(image.shape[1:]), field)
+            patches.append(resize(image[None, :, y0:y1, x0:x1], size, clamp=True)[0])
+        return patches
 
 
 def _grid(loaded: LoadedModel, batch: torch.Tensor, layer: str) -> torch.Tensor:
