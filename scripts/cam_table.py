@@ -23,20 +23,16 @@ from torch import nn
 from vistool import preserved_state, record
 from vistool.drawing import normalize
 from vistool.explainers.cam import CAM_METHODS, explain
+from vistool.explainers.cams import methods
 from vistool.explainers.factorization import factorize
 
-#: method -> pytorch-grad-cam's class
-GRAD_CAM = {
-    "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
-    "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM", "kpcacam": "KPCA_CAM", "fem": "FEM",
-    "segeigencam": "SegEigenCAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM",
-    "refinecam": "RefineCAM", "fullgrad": "FullGrad", "randomcam": "RandomCAM", "sess": "SESS",
-}
-#: method -> torch-cam's class (the methods pytorch-grad-cam lacks)
-TORCH_CAM = {"cam": "CAM", "sscam": "SSCAM", "iscam": "ISCAM",
-             "smoothgradcam++": "SmoothGradCAMpp", "legrad": "LeGrad"}
+#: method -> its peer's class (``CamMethod.peer``, the first word of its ``reference``, as
+#: tests/test_cam_peers.py reads it): pytorch-grad-cam's, else torch-cam's
+PEER = {name: spec.peer for name, spec in methods().items() if spec.peer}
+GRAD_CAM = {m: peer.rsplit(".", 1)[1] for m, peer in PEER.items()
+            if peer.startswith("pytorch_grad_cam.") and m != "dff"}
+TORCH_CAM = {m: peer.rsplit(".", 1)[1] for m, peer in PEER.items()
+             if peer.startswith("torchcam.")}
 #: the methods for vision transformers alone (their own table)
 TRANSFORMER = ("legrad",)
 #: the methods that make a forward per channel, sample or window
@@ -185,8 +181,6 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
     """Time every method in ``methods`` against its peer (interleaved, medians) and print
     the table: at ``layers[0]`` (RefineCAM and LeGrad: all ``layers``; the methods that
     need the GAP + linear head, ``head``: at ``head_layer``, default ``layers[0]``)."""
-    from vistool.explainers.cams import methods as specs
-
     model = model.eval()
     layer = layers[0]
     with torch.no_grad():
@@ -197,7 +191,7 @@ def methods_table(title: str, model: nn.Module, x: torch.Tensor, layers: list[st
           f"{'speed-up':>9} {'x bound':>8} {'max |d|':>9}  peer")
     with signed_projections():
         for method in methods:
-            spec, opts = specs()[method], options.get(method, {})
+            spec, opts = methods()[method], options.get(method, {})
             used = layers if method in ("refinecam", "legrad") else [
                 head_layer or layer if spec.head == "require" else layer]
             if method == "dff":  # every concept's map, not a class's

@@ -31,24 +31,23 @@ import vistool
 from vistool.core.errors import ConstantMapWarning
 from vistool.drawing import normalize
 from vistool.explainers.cam import explain
+from vistool.explainers.cams import methods
 from vistool.explainers.names import CAM_METHODS
 
-#: method -> pytorch-grad-cam's class
-PEERS = {
-    "gradcam": "GradCAM", "hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise",
-    "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM", "kpcacam": "KPCA_CAM", "fem": "FEM",
-    "segeigencam": "SegEigenCAM", "shapleycam": "ShapleyCAM", "finercam": "FinerCAM",
-    "refinecam": "RefineCAM", "fullgrad": "FullGrad", "randomcam": "RandomCAM", "sess": "SESS",
-}
-#: the methods pytorch-grad-cam lacks, compared with torch-cam's: method -> its class and
-#: our options (fewer samples than the defaults: a forward per channel and sample)
-TORCHCAM = {"sscam": ("SSCAM", {"samples": 2, "seed": 3}), "iscam": ("ISCAM", {"samples": 3}),
-            "smoothgradcam++": ("SmoothGradCAMpp", {"seed": 3}), "legrad": ("LeGrad", {})}
+#: method -> the peer class it is compared with, read from its specification
+#: (``CamMethod.peer``: the first word of its ``reference``), so the test, the bench and the
+#: docs name the same one. DFF is not a CAM class there (its own test, below).
+SPECS = methods()
+PEERS = {m: spec.peer.rsplit(".", 1)[1] for m, spec in SPECS.items()
+         if (spec.peer or "").startswith("pytorch_grad_cam.") and m != "dff"}
+#: the methods pytorch-grad-cam lacks, compared with torch-cam's: our options (fewer samples
+#: than the defaults: a forward per channel and sample)
+TORCHCAM_OPTIONS = {"sscam": {"samples": 2, "seed": 3}, "iscam": {"samples": 3},
+                    "smoothgradcam++": {"seed": 3}}
+TORCHCAM = {m: spec.peer.rsplit(".", 1)[1] for m, spec in SPECS.items()
+            if (spec.peer or "").startswith("torchcam.")}
 #: the methods neither peer has as a CAM class and what they are compared with instead
-ELSEWHERE = {"cam": "tests/test_cam.py: by hand, and as Grad-CAM up to scale",
-             "dff": "test_dff_equals_pytorch_grad_cams_factorization, below"}
+ELSEWHERE = {"dff": "test_dff_equals_pytorch_grad_cams_factorization, below"}
 #: our options in the comparison with pytorch-grad-cam (and its arguments to match). SESS:
 #: four scales, and only values above 1e-3 count in the mean of the windows' maps: at
 #: pytorch-grad-cam's theta=0, whether a pixel counts is float rounding's call (a map value
@@ -67,6 +66,7 @@ TOLERANCE = 5e-5
 
 def test_every_method_has_a_reference():
     assert set(CAM_METHODS) == set(PEERS) | set(TORCHCAM) | set(ELSEWHERE)
+    assert PEERS["sess"] == "SESS" and TORCHCAM["legrad"] == "LeGrad"  # (read as meant)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,8 @@ def _torch_cam(peer_class, model, x, layer, targets, seed=0, **kwargs) -> torch.
 def test_score_cam_family_equals_torch_cam(tc, nets, net, method):
     model, x, layers = nets[net]
     x, layer = x[:1], layers[-1]  # a forward per channel (and sample): one image
-    name, options = TORCHCAM.get(method, ("ScoreCAM", {"scaling": "layer"}))
+    name, options = ((TORCHCAM[method], TORCHCAM_OPTIONS[method]) if method in TORCHCAM
+                     else ("ScoreCAM", {"scaling": "layer"}))
     ours = explain(model, x, method, layer=layer, options=options, batch_size=64)
     _not_flat(ours.raw[layer])
     extra = {"num_samples": options["samples"]} if "samples" in options else {}
@@ -259,6 +260,22 @@ def test_score_cam_family_equals_torch_cam(tc, nets, net, method):
                         options.get("seed", 0), batch_size=64, **extra)
     _not_flat(theirs)
     torch.testing.assert_close(normalize(ours.raw[layer]), theirs, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(("net", "layer", "negative"),
+                         [("shapes", "features", True), ("resnet18", "layer4", False)])
+def test_cam_equals_torch_cam_through_a_relu(tc, nets, net, layer, negative):
+    """torch-cam's CAM is the class's weighted channel sum without a ReLU; ours has one (on
+    the shapes CNN the sum goes below zero, so the ReLU is exercised)."""
+    model, x, _ = nets[net]
+    ours = explain(model, x, "cam", layer=layer)
+    _not_flat(ours.raw[layer])
+    with tc.CAM(model, target_layer=layer, fc_layer="fc", input_shape=tuple(x.shape[1:])) \
+            as peer, torch.no_grad():
+        theirs = peer(ours.targets.tolist(), model(x), normalized=False)[0]
+    assert bool((theirs < 0).any()) == negative
+    torch.testing.assert_close(normalize(ours.raw[layer]), normalize(theirs.clamp_min(0)),
+                               rtol=0, atol=TOLERANCE)
 
 
 def _as_in_the_paper(tc):
@@ -292,8 +309,8 @@ def _as_in_the_paper(tc):
 def test_smooth_gradcam_pp_equals_torch_cam_as_in_the_paper(tc, nets, net):
     model, x, layers = nets[net]
     layer = layers[-1]
-    ours = explain(model, x, "smoothgradcam++", layer=layer, options=TORCHCAM[
-        "smoothgradcam++"][1])
+    ours = explain(model, x, "smoothgradcam++", layer=layer,
+                   options=TORCHCAM_OPTIONS["smoothgradcam++"])
     _not_flat(ours.raw[layer])
     theirs = _torch_cam(_as_in_the_paper(tc), model, x, layer, ours.targets, 3)
     torch.testing.assert_close(normalize(ours.raw[layer]), theirs, rtol=0, atol=TOLERANCE)

@@ -76,6 +76,14 @@ class CamMethod:
     hooks: Callable[[nn.Module, list[str]], AbstractContextManager] | None = None
     reference: str = ""
 
+    @property
+    def peer(self) -> str | None:
+        """The peer class the tests and the bench compare the method with, as a dotted path
+        (``"pytorch_grad_cam.GradCAM"``): the first word of ``reference`` when it names a
+        class of pytorch-grad-cam or torch-cam, else None."""
+        first = self.reference.split(" ", 1)[0].rstrip(",")
+        return first if first.startswith(("pytorch_grad_cam.", "torchcam.methods.")) else None
+
     def __post_init__(self):
         if self.head not in ("never", "use", "require"):
             raise ValueError(f"CamMethod {self.name!r}: head must be 'never', 'use' or "

@@ -8,4 +8,5 @@ from ._base import CamMethod
 METHOD = CamMethod(
     "cam", gradcam.METHOD.maps, "the classifier's weights of the class (Zhou et al.; needs a "
     "GAP + linear head)", gradients=True, head="require", class_target=True, eigen_smooth=True,
-    reference="a hand computation (tests/test_cam.py)")
+    reference="torchcam.methods.CAM (its map through a ReLU: torch-cam's has none), and a "
+    "hand computation (tests/test_cam.py)")
