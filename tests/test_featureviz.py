@@ -313,6 +313,27 @@ def test_learning_rate_warms_up_then_decays_on_a_cosine():
     assert _schedule(optimizer, 10, None, 0) is None
 
 
+@pytest.mark.parametrize(("steps", "peak", "warmup"), [
+    (32, 0.1, 1), (64, 0.1, 4), (128, 0.05 * 2 ** 0.5, 16), (256, 0.05, 64), (1000, 0.05, 250)])
+def test_short_runs_take_a_higher_peak_and_a_shorter_warm_up(monkeypatch, steps, peak, warmup):
+    """What render_filters hands the Adam loop at each step count: the peak lr * sqrt(256 /
+    steps) (at most 2x), the cosine to a tenth of it, the warm-up a quarter of the steps
+    times steps / 256; the exchange continues at the main run's final rate, constant."""
+    from vistool.synthesize import featureviz
+
+    calls = []
+
+    def spy(*args, final_lr, warmup, **kwargs):
+        calls.append((args[5], final_lr, warmup))
+        return optimize(*args[:4], 1, *args[5:], final_lr=final_lr, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(featureviz, "optimize", spy)
+    render_filters(tiny_loaded(), "conv2", [0, 1], size=16, steps=steps, exchange_steps=3)
+    (lr, final, warm), exchange = calls
+    assert (lr, final, warm) == (pytest.approx(peak), pytest.approx(peak / 10), warmup)
+    assert exchange == (pytest.approx(peak / 10), pytest.approx(peak / 10), 0)
+
+
 @pytest.mark.parametrize(("text", "python"), [
     ("conv:1", lambda: obj.channel("conv", 1)),
     ("conv:2:channel", lambda: obj.channel("conv", 2)),

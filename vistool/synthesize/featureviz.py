@@ -72,8 +72,31 @@ class _Run:
     batch_size: int
     robust_samples: int
     redirect_relu: bool = True
-    final_lr: float = 0.1  # the learning rate decays to this fraction of lr (cosine)...
-    warmup: float = 0.25  # ...after rising linearly to lr over this fraction of the steps
+    final_lr: float = 0.1  # the learning rate decays to this fraction of its peak (cosine)...
+    warmup: float = 0.25  # ...after rising linearly to it over this fraction of the steps
+    adapt: bool = True  # the peak and the warm-up follow the step count (_adapted)
+
+
+#: the step count the warm-up and cosine schedule is made for; shorter runs adapt it
+FULL_STEPS = 256
+
+
+def _adapted(run: _Run) -> tuple[float, float, int]:
+    """The peak learning rate, the final one and the warm-up steps of ``run``.
+
+    At ``FULL_STEPS`` steps and more: ``lr``, warming up over a quarter of the steps. A
+    shorter run is far from its optimum when it ends, and its images gain with the distance
+    they travel, so it takes larger steps and warms up for less: the peak is ``lr`` times
+    ``sqrt(FULL_STEPS / steps)`` (at most 2x: 2x at 64 steps and below, 1.41x at 128) and
+    the warm-up a quarter of the steps times ``steps / FULL_STEPS`` (1 step of 32, 16 of
+    128). Measured on vgg16 ``features.16`` (scripts/bench_featureviz.py), the images' mean
+    transform-robust activation against the unadapted schedule: 1.57x at 32 steps, 1.41x
+    at 64, 1.15x at 128."""
+    if not run.adapt:
+        return run.lr, run.lr * run.final_lr, int(run.warmup * run.steps)
+    short = min(run.steps / FULL_STEPS, 1.0) if run.steps else 1.0
+    peak = run.lr * min(short ** -0.5, 2.0)
+    return peak, peak * run.final_lr, int(run.warmup * run.steps * short)
 
 
 def _generators(seed: int, targets: Sequence[int], salt: int = 0) -> list[torch.Generator]:
@@ -103,11 +126,11 @@ def _render(loaded: LoadedModel, make_objective: Callable[[list[int]], obj.Objec
             param = make_param(run.param, run.size, _generators(run.seed, chunk))
             if start is not None:
                 param.set_images(start[first:first + len(chunk)].clamp(1e-3, 1 - 1e-3))
+            peak, final, warmup = _adapted(run)
             done = optimize(loaded.model, objective, param, _generators(run.seed, chunk, 1),
-                            run.steps, run.lr, run.transforms, loaded.mean, loaded.std,
+                            run.steps, peak, run.transforms, loaded.mean, loaded.std,
                             callback=lambda _step, _values: bar.update(),
-                            final_lr=run.lr * run.final_lr, warmup=int(run.warmup * run.steps),
-                            redirect_relu=run.redirect_relu)
+                            final_lr=final, warmup=warmup, redirect_relu=run.redirect_relu)
             images.append(done.images.cpu())
             history.append(done.history.cpu())
             plain.append(evaluate(loaded.model, objective, done.images, loaded.mean,
@@ -157,7 +180,11 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
         channels: channel indices (default: the first 64, or all if fewer).
         size: image height and width in pixels (the model sees this size; no upsampling).
         steps, lr: Adam steps and peak learning rate: it rises linearly over the first
-            quarter of the steps, then decays on a cosine to a tenth. Small images (64
+            quarter of the steps, then decays on a cosine to a tenth. The schedule adapts
+            to short runs (below 256 steps): a higher peak (up to 2x ``lr``) and a shorter
+            warm-up: the peak is ``lr * sqrt(256 / steps)``, at most ``2 * lr``, and the
+            warm-up ``steps / 256`` of a quarter; so 32 or 64 steps give images as strong
+            as lucent's. Small images (64
             pixels) without transforms converge within ~100 steps at lr 0.4.
         param: ``"fft"`` (Fourier, 1/f scaled, decorrelated colour) or ``"pixel"``.
         transforms: random transformations every step (default :class:`Transforms()`;
@@ -213,7 +240,8 @@ def _exchange(loaded: LoadedModel, layer: str, channels: list[int], run: _Run, r
                                         [layer], gradients=False)[layer].mean((2, 3)).cpu()
                           for x in images.split(run.batch_size)])
     best = acts[:, channels].argmax(0)  # per channel, the image that excites it most
-    again = replace(run, steps=steps, lr=run.lr * run.final_lr, final_lr=1.0, warmup=0.0)
+    again = replace(run, steps=steps, lr=_adapted(run)[1], final_lr=1.0, warmup=0.0,
+                    adapt=False)
     new = _render(loaded, lambda chunk: obj.channel(layer, chunk), channels, again, progress,
                   "exchange", start=images[best])
     better = new[1] > plain
