@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "CamResult": "explainers.cam",
     "ConstantMapWarning": "core.errors",
     "explain": "explainers.cam",
+    "SegmentationTarget": "explainers.targets",
     "Factorization": "explainers.factorization",
     "factorize": "explainers.factorization",
     "Evaluation": "evaluate.suite",
@@ -95,6 +96,7 @@ __all__ = [
     "ModelError",
     "PerceptualLoss",
     "Recording",
+    "SegmentationTarget",
     "StyleResult",
     "TargetError",
     "TopExamples",
@@ -171,6 +173,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, explain
     from .explainers.factorization import Factorization, factorize
+    from .explainers.targets import SegmentationTarget
     from .synthesize.deepdream import DreamResult, deepdream
     from .synthesize.examples import TopExamples, top_examples
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize

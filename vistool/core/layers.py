@@ -134,8 +134,13 @@ def _family_default(model: nn.Module) -> str | None:
     """The literature's layer where the generic rule picks another: for a torchvision ViT
     the last encoder block's first LayerNorm (after it only the class token reaches the
     head, so later layers have no gradient on the patch tokens); for Swin the last stage's
-    output, ``features`` (the rule would take the LayerNorm after it)."""
+    output, ``features`` (the rule would take the LayerNorm after it); for torchvision's
+    segmentation models the backbone's last stage (``backbone.layer4`` for the ResNets, as
+    in pytorch-grad-cam's tutorial), not the classifier that outputs the class scores."""
     kind = type(model).__name__
+    backbone = getattr(model, "backbone", None)
+    if type(backbone).__name__ == "IntermediateLayerGetter":  # torchvision segmentation
+        return f"backbone.{list(backbone.named_children())[-1][0]}"  # its last stage
     if kind == "VisionTransformer" and hasattr(model, "encoder"):
         return f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
     if kind == "SwinTransformer" and hasattr(model, "features"):

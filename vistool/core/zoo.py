@@ -71,6 +71,10 @@ class LoadedModel:
             ResNet18_Weights.IMAGENET1K_V1"``, ``"trained checkpoint PATH"``,
             ``"random initialisation (weights: none)"`` ...).
         random_weights: True when the weights are random, None when unknown (a factory).
+        task: ``"classification"`` (the output is a logit vector (N, classes)) or
+            ``"segmentation"`` (torchvision's segmentation models: a dict whose ``"out"``
+            holds per-pixel logits (N, classes, H, W); explain them with a
+            :class:`~vistool.explainers.targets.SegmentationTarget`).
     """
 
     model: nn.Module
@@ -83,11 +87,13 @@ class LoadedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     weights: str = ""
     random_weights: bool | None = False
+    task: str = "classification"
 
     def describe(self) -> dict[str, Any]:
         """What a manifest records about the model: spec, weights, input and classes."""
         return {"spec": self.spec, "weights": self.weights,
-                "random_weights": self.random_weights, "input_size": list(self.input_size),
+                "random_weights": self.random_weights, "task": self.task,
+                "input_size": list(self.input_size),
                 "mean": list(self.mean), "std": list(self.std),
                 "classes": len(self.classes) if self.classes else None}
 
@@ -164,15 +170,20 @@ def _read_classes(classes: str | os.PathLike | Sequence[str] | None) -> list[str
     return names
 
 
-def _torchvision_names() -> list[str]:
+def _torchvision_names(task: str = "classification") -> list[str]:
     import torchvision
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+    module = (torchvision.models.segmentation if task == "segmentation" else
+              torchvision.models)
+    return sorted(torchvision.models.list_models(module=module))
 
 
 def list_models() -> dict[str, list[str]]:
-    """Model names ``load_model`` accepts: torchvision classifiers and the trainers' book models."""
-    return {"torchvision": _torchvision_names(), "book": book_models()}
+    """Model names ``load_model`` accepts, by group: torchvision classifiers
+    (``"torchvision"``), torchvision semantic segmentation models (``"segmentation"``) and
+    the trainers' book models (``"book"``)."""
+    return {"torchvision": _torchvision_names(),
+            "segmentation": _torchvision_names("segmentation"), "book": book_models()}
 
 
 def _hub_file(weights) -> Path:
@@ -210,6 +221,8 @@ def _build_torchvision(name: str, pretrained: bool, **kwargs) -> tuple[nn.Module
 
     enum = torchvision.models.get_model_weights(name).DEFAULT
     if not pretrained:
+        if name in _torchvision_names("segmentation"):  # (else it fetches the backbone's)
+            kwargs.setdefault("weights_backbone", None)
         return torchvision.models.get_model(name, weights=None, **kwargs), enum
     try:
         with _quiet_download_notice():
@@ -228,7 +241,7 @@ def _build_arch(arch: str, kwargs: dict[str, Any]) -> nn.Module:
     """Rebuild a checkpoint's architecture: a registered book model or a torchvision name."""
     if arch in book_models():
         return get_book_model(arch, **kwargs)
-    if arch in _torchvision_names():
+    if arch in _torchvision_names() + _torchvision_names("segmentation"):
         return _build_torchvision(arch, pretrained=False, **kwargs)[0]
     raise CheckpointError(
         f"checkpoint names architecture {arch!r}, which is neither a vistool book model nor a "
@@ -308,12 +321,15 @@ def _from_factory(spec: str, weights: str) -> _Built:
 def _from_torchvision(name: str, weights: str) -> _Built:
     model, enum = _build_torchvision(name, pretrained=weights == "default")
     preset = enum.transforms()
-    crop, resize = int(preset.crop_size[0]), int(preset.resize_size[0])
+    resize = int(preset.resize_size[0])
+    crop = int(preset.crop_size[0]) if hasattr(preset, "crop_size") else resize  # (segmentation)
     built_for = getattr(model, "image_size", None)  # fixed-size architectures (ViT) say it
     if isinstance(built_for, int) and built_for != crop:  # e.g. vit_h_14 without its weights
         crop, resize = built_for, round(built_for * resize / crop)
     meta = {"input_size": [3, crop, crop], "mean": list(preset.mean), "std": list(preset.std),
-            "classes": enum.meta.get("categories")}
+            "classes": enum.meta.get("categories"),
+            "task": "segmentation" if name in _torchvision_names("segmentation") else
+            "classification"}
     pretrained = weights == "default"
     described = f"torchvision {enum}" if pretrained else "random initialisation (weights: none)"
     return _Built(model, meta, described if weights in ("default", "none") else "",
@@ -355,11 +371,11 @@ def _resolve(spec: str | nn.Module, spec_str: str, weights: str) -> _Built:
         return _from_checkpoint(spec_str, weights)
     if ":" in spec_str:
         return _from_factory(spec_str, weights)
-    if spec_str in _torchvision_names():
+    if spec_str in _torchvision_names() + _torchvision_names("segmentation"):
         return _from_torchvision(spec_str, weights)
     if spec_str in book_models():
         return _from_book(spec_str, weights)
-    known = _torchvision_names() + book_models()
+    known = _torchvision_names() + _torchvision_names("segmentation") + book_models()
     raise ModelError(
         f"unknown model {spec_str!r}: not a file, a module:factory or a known name"
         + suggestion(spec_str, known, "models with 'vistool models'")
@@ -398,7 +414,8 @@ def load_model(
     """Build or load a model and everything needed to explain it.
 
     Args:
-        spec: a torchvision classification model name (``"vgg16"``), a registered book
+        spec: a torchvision classification or semantic segmentation model name
+            (``"vgg16"``, ``"deeplabv3_resnet50"``), a registered book
             model name (``"lenet"``, ``"shapes_cnn"``), a checkpoint written by ``trainers``
             (``.safetensors``; it rebuilds its own architecture),
             ``"path/to/file.py:factory"`` or ``"package.module:factory"`` (a callable
@@ -438,4 +455,4 @@ def load_model(
         model=built.model, transform=make_transform(size, mean_t, std_t, resize=built.resize),
         classes=list(names) if names else None, input_size=size, mean=mean_t, std=std_t,
         spec=spec_str, metadata=built.meta, weights=built.weights,
-        random_weights=built.random_weights)
+        random_weights=built.random_weights, task=built.meta.get("task", "classification"))

@@ -36,6 +36,7 @@ from ..drawing import apply_colormap, image_grid, normalize, overlay, png_bytes
 from .cams import CamContext, CamMethod, methods
 from .inference import inference_copy
 from .names import CAM_METHODS, FUSIONS
+from .targets import main_output
 
 __all__ = [
     "AUGMENTATIONS",
@@ -63,7 +64,8 @@ class CamResult:
         targets: explained class indices (N,) or (N, k); None for a callable target.
         scores: the explained outputs (logits or the callable's values), shaped like targets.
         probs: softmax probabilities of the targets (None for a callable target).
-        logits: the model output (N, classes).
+        logits: the model output (N, classes) (a segmentation model's: its per-pixel scores
+            (N, classes, H, W)).
         layers: the explained layers; method: the method; closed_form: whether the
             gradients came from the closed form of a GAP + linear head.
         inputs: the explained images as pictures (N, 3, H, W) in [0, 1] (the model's
@@ -279,10 +281,14 @@ def _scores(output: torch.Tensor, targets: Targets, topk: int | None, n: int,
         if scores.shape != (n,):
             raise TargetError(f"the target callable returned shape {tuple(scores.shape)}; "
                               f"it must return one score per image ({n},)")
-        return None, scores[:, None], output.detach()
+        return None, scores[:, None], main_output(output).detach()
+    output = main_output(output)
     if output.dim() != 2:
-        raise TargetError(f"the model output has shape {tuple(output.shape)}; give a "
-                          "callable target that returns one score per image")
+        remedy = ("a SegmentationTarget (vistool.SegmentationTarget.predicted(output, class))"
+                  if output.dim() == 4 else "a callable target that returns one score per "
+                  "image")
+        raise TargetError(f"the model output has shape {tuple(output.shape)}, not (N, "
+                          f"classes); give {remedy}")
     logits = output.detach()
     index = _resolve_targets(targets, logits, topk)
     return index, (output.gather(1, index) if score is None else

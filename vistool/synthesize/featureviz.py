@@ -180,12 +180,9 @@ def render_filters(loaded: LoadedModel, layer: str, channels: Sequence[int] | No
         channels: channel indices (default: the first 64, or all if fewer).
         size: image height and width in pixels (the model sees this size; no upsampling).
         steps, lr: Adam steps and peak learning rate: it rises linearly over the first
-            quarter of the steps, then decays on a cosine to a tenth. The schedule adapts
-            to short runs (below 256 steps): a higher peak (up to 2x ``lr``) and a shorter
-            warm-up: the peak is ``lr * sqrt(256 / steps)``, at most ``2 * lr``, and the
-            warm-up ``steps / 256`` of a quarter; so 32 or 64 steps give images as strong
-            as lucent's. Small images (64
-            pixels) without transforms converge within ~100 steps at lr 0.4.
+            quarter of the steps, then decays on a cosine to a tenth. Below 256 steps the
+            peak is ``lr * sqrt(256 / steps)`` (at most ``2 * lr``) and the warm-up
+            ``steps / 256`` of a quarter: short runs are as strong as lucent's.
         param: ``"fft"`` (Fourier, 1/f scaled, decorrelated colour) or ``"pixel"``.
         transforms: random transformations every step (default :class:`Transforms()`;
             ``Transforms.none()`` for none).

@@ -1,0 +1,107 @@
+"""Targets for models that are not classifiers: what :func:`~vistool.explain` explains
+when ``targets=`` is one of these (a callable: the model output in, one score per image
+out).
+
+* :class:`SegmentationTarget`: a class's summed score over a region of a segmentation
+  model's output (pytorch-grad-cam's ``SemanticSegmentationTarget``); the region is the
+  pixels the model assigns to the class (:meth:`SegmentationTarget.predicted`), a box or
+  a mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..core.errors import TargetError
+
+__all__ = ["SegmentationTarget", "main_output"]
+
+
+def main_output(output) -> torch.Tensor:
+    """The tensor a model output holds its scores in: the output itself, or torchvision's
+    segmentation dict's ``"out"`` (``"aux"``, the auxiliary head's, is not explained)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("out"), torch.Tensor):
+        return output["out"]
+    raise TargetError(f"the model returned {type(output).__name__}, not a tensor or a dict "
+                      "with 'out'; wrap it so that it returns its scores as one tensor")
+
+
+class SegmentationTarget:
+    """The score of ``category`` summed over a region of each image, for a segmentation
+    model's per-pixel scores (N, classes, H, W) (or its dict's ``"out"``).
+
+    Args:
+        category: the class index.
+        mask: the region, at the output's resolution: (H, W) for every image or (N, H, W),
+            boolean or weights (a tensor or an array); or a box ``(x0, y0, x1, y1)`` in
+            output pixels (x1, y1 excluded). :meth:`predicted` makes the mask of the pixels
+            the model assigns to the class.
+
+    Raises:
+        TargetError: a box outside the output, a mask of another size, a category the
+            output does not have (when called).
+    """
+
+    def __init__(self, category: int, mask: torch.Tensor | np.ndarray | Sequence[int]):
+        self.category = int(category)
+        if isinstance(mask, (torch.Tensor, np.ndarray)):
+            self.mask, self.box = torch.as_tensor(mask), None
+        else:
+            box = tuple(int(v) for v in mask)
+            if len(box) != 4 or box[0] >= box[2] or box[1] >= box[3] or min(box) < 0:
+                raise TargetError(f"region {box} is not a box x0,y0,x1,y1 with x0 < x1 and "
+                                  "y0 < y1, all at least 0")
+            self.mask, self.box = None, box
+
+    @classmethod
+    def predicted(cls, output, category: int) -> SegmentationTarget:
+        """The target over the pixels whose highest score is ``category``'s in ``output``
+        (the model's output for the images to explain), one mask per image."""
+        scores = main_output(output).detach()
+        _check_category(category, scores)
+        return cls(category, scores.argmax(1) == category)
+
+    def region(self, shape: Sequence[int]) -> torch.Tensor:
+        """The mask (N or 1, H, W) as float for an output of ``shape`` (N, classes, H, W)."""
+        n, _, h, w = shape
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x1 > w or y1 > h:
+                raise TargetError(f"region {self.box} reaches outside the {w}x{h} output; "
+                                  f"keep x1 <= {w} and y1 <= {h}")
+            mask = torch.zeros(1, h, w)
+            mask[:, y0:y1, x0:x1] = 1
+            return mask
+        mask = self.mask.float()
+        mask = mask[None] if mask.dim() == 2 else mask
+        if mask.dim() != 3 or mask.shape[1:] != (h, w) or mask.shape[0] not in (1, n):
+            raise TargetError(f"the mask has shape {tuple(self.mask.shape)}, the output is "
+                              f"{w}x{h} for {n} image(s); give (H, W) or (N, H, W) = "
+                              f"({n}, {h}, {w})")
+        return mask
+
+    def __call__(self, output) -> torch.Tensor:
+        scores = main_output(output)
+        if scores.dim() != 4:
+            raise TargetError(f"a segmentation target needs per-pixel scores (N, classes, H, "
+                              f"W); the model output has shape {tuple(scores.shape)}")
+        _check_category(self.category, scores)
+        mask = self.region(scores.shape).to(scores.device, scores.dtype)
+        return (scores[:, self.category] * mask).sum((1, 2))
+
+    def __repr__(self) -> str:
+        where = f"box {self.box}" if self.box is not None else (
+            f"mask {tuple(self.mask.shape)}")
+        return f"SegmentationTarget(category={self.category}, {where})"
+
+
+def _check_category(category: int, scores: torch.Tensor) -> None:
+    classes = scores.shape[1]
+    if not 0 <= category < classes:
+        raise TargetError(f"class index {category} is out of range; the model has {classes} "
+                          f"classes (0..{classes - 1})")
