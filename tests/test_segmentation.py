@@ -99,3 +99,109 @@ def test_segmentation_cams_equal_pytorch_grad_cam(fcn, method):
         theirs = cam(x, [SemanticSegmentationTarget(category, m.numpy()) for m in target.mask])
     expected = scale_cam_image(scale_cam_image(raw.numpy(), (80, 64)))
     np.testing.assert_allclose(expected, theirs, rtol=0, atol=1e-5)
+
+
+def test_a_target_per_image_and_a_wrong_count():
+    scores = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    assert SegmentationTarget([0, 2], (0, 0, 2, 2))(scores).tolist() == [
+        float(scores[0, 0].sum()), float(scores[1, 2].sum())]
+    with pytest.raises(TargetError, match="3 categories for 2 images"):
+        SegmentationTarget([0, 1, 2], (0, 0, 1, 1))(scores)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("segmentation")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize((64, 64)).save(
+        folder / "scene.png")  # (the model's input size: the preprocessing keeps every pixel)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:48] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    return folder
+
+
+SEG = ["gradcam", "--model", "fcn_resnet50", "--weights", "none", "--input-size", "64",
+       "--device", "cpu"]
+
+
+def _cli_model():
+    return vistool.load_model("fcn_resnet50", weights="none", device="cpu", input_size=64,
+                              seed=0)
+
+
+@pytest.mark.parametrize("region", [None, "4,8,40,30", "mask.png"])
+def test_gradcam_cli_explains_a_segmentation_class_over_its_pixels_or_a_region(
+        scene, tmp_path, region):
+    import json
+
+    from vistool.cli import main
+
+    out = tmp_path / "out"
+    extra = [] if region is None else ["--region", str(scene / region) if "." in region
+                                       else region]
+    assert main([*SEG, str(scene / "scene.png"), "--target", "cow", *extra, "--out",
+                 str(out)]) == 0
+    info = json.loads((out / "manifest.json").read_text())
+    (entry,) = info["images"][0]["explanations"]
+    assert info["model"]["task"] == "segmentation" and entry["name"] == "cow"
+    loaded = _cli_model()
+    x = loaded.preprocess([scene / "scene.png"])
+    with torch.no_grad():
+        scores = loaded.model(x)["out"]
+    if region is None:
+        target = SegmentationTarget.predicted(scores, 10)
+    elif "." in region:
+        mask = torch.zeros(64, 64, dtype=torch.bool)
+        mask[8:40, 16:48] = True
+        target = SegmentationTarget(10, mask)
+    else:
+        target = SegmentationTarget(10, (4, 8, 40, 30))
+    expected = vistool.explain(loaded, x, "gradcam", targets=target).raw["backbone.layer4"][0]
+    np.testing.assert_allclose(np.load(out / entry["raw"][0]), expected.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert entry["pixel_share"] == pytest.approx(float((scores.argmax(1) == 10).float().mean()),
+                                                 abs=1e-6)
+    assert (out / entry["mask"]).is_file() and (out / entry["overlay"]).is_file()
+    shares = [p["pixel_share"] for p in info["images"][0]["predictions"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
+
+
+def test_without_a_target_the_class_with_the_most_pixels_is_explained(scene, tmp_path):
+    import json
+
+    from vistool.cli import main
+
+    assert main([*SEG, str(scene / "scene.png"), "--out", str(tmp_path / "o")]) == 0
+    info = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    top = next(p for p in info["images"][0]["predictions"] if p["index"] != 0)
+    assert info["images"][0]["explanations"][0]["target"] == top["index"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--target", "persn"], "unknown class 'persn'; did you mean 'person'"),
+    (["--region", "0,0,200,10"], "reaches outside the 64x64 output"),
+    (["--region", "nofile.png"], "neither a box x0,y0,x1,y1"),
+    (["--method", "scorecam"], "scorecam needs class indices"),
+    (["--topk", "2"], "--topk ranks a classifier's classes"),
+    (["--model", "resnet18", "--region", "0,0,4,4"], "--region is for segmentation models"),
+])
+def test_bad_segmentation_requests_exit_2_in_one_line_writing_nothing(
+        scene, tmp_path, capsys, argv, message):
+    from vistool.cli import main
+
+    out = tmp_path / "out"
+    assert main([*SEG, str(scene / "scene.png"), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_folder_of_images_is_refused_for_now(scene, tmp_path, capsys):
+    from vistool.cli import main
+
+    assert main([*SEG, str(scene), "--out", str(tmp_path / "o")]) == 2
+    assert "not yet explained for segmentation models" in capsys.readouterr().err

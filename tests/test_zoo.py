@@ -6,10 +6,12 @@ import argparse
 import collections
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
+import vistool
 from trainers.models import get_model
 from vistool import CheckpointError, ModelError, TargetError, WeightsError, load_model
 from vistool.core.checkpoint import load_checkpoint, save_checkpoint
@@ -210,3 +212,21 @@ def test_parse_input_size():
     assert parse_input_size("64x48") == (3, 64, 48)
     with pytest.raises(ModelError, match="not valid"):
         parse_input_size("a,b")
+
+
+def test_an_input_size_of_ones_own_keeps_torchvisions_margin():
+    """resnet18 resizes to 256 and crops 224; asked for 64 it resizes to 73 (= 256 * 64 /
+    224) and crops 64, not to 256 and a 64-pixel crop of the centre; a segmentation
+    model (resized to 520, no crop) keeps every pixel of an image of its size."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 255, 146).astype(np.uint8), (146, 1))
+    picture = Image.fromarray(np.stack([ramp] * 3, -1))
+    loaded = vistool.load_model("resnet18", weights="none", device="cpu", input_size=64)
+    x = vistool.deprocess(loaded.transform(picture)[None], loaded.mean, loaded.std)[0, 0]
+    assert x.shape == (64, 64) and 0.05 < float(x[0, 0]) < 0.1 and 0.9 < float(x[0, -1]) < 0.95
+    square = Image.fromarray(np.stack([ramp[:64, :64]] * 3, -1))
+    seg = vistool.load_model("lraspp_mobilenet_v3_large", weights="none", device="cpu",
+                             input_size=64)
+    y = vistool.deprocess(seg.transform(square)[None], seg.mean, seg.std)[0, 0]
+    np.testing.assert_allclose(y.numpy() * 255, ramp[:64, :64], atol=1.0)

@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+from ..core.errors import VistoolError
+from . import segmentation
 from .options import (
     IMAGES_HELP,
     add_many_options,
@@ -31,7 +33,9 @@ def add_explain_options(p: argparse.ArgumentParser, methods, default: str) -> No
                    help="target layer (default: the model's default layer); repeat to fuse "
                         "several layers")
     p.add_argument("--target", "-t", metavar="IDX|NAME",
-                   help="class to explain, by index or name (default: the predicted class)")
+                   help="class to explain, by index or name (default: the predicted class; "
+                        "for a segmentation model, the class with the most pixels other than "
+                        "the background)")
     p.add_argument("--alpha", type=fraction, default=0.5,
                    help="heatmap opacity in the overlay, 0 to 1 (default: %(default)s)")
     p.add_argument("--colormap", type=colormap, default="jet",
@@ -54,21 +58,33 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
         from . import streaming
 
         def process(loaded, batch, keys, layers, target, out):
+            if loaded.task == "segmentation":
+                raise VistoolError("folders, globs, lists and datasets of images are not yet "
+                                   "explained for segmentation models; name the image files")
             result, raw = compute(loaded, batch, layers, target)
             return streaming.map_rows(args, loaded, keys, batch, result, raw, layers, out)
 
         return streaming.run(args, process, streaming.MAP_FIELDS,
                              {**options, "method": args.method}, seed)
     paths, loaded, layers, batches = prepare_images(args)
+    region = segmentation.check(args, loaded)
     target = None if args.target is None else loaded.class_index(args.target)
     out_dir = resolve_run_dir(args.out, args.command)
     entries = []
     start = time.perf_counter()
     with run_directory(out_dir) as staging:
         for first, batch in batches:
+            names = paths[first:first + len(batch)]
+            if loaded.task == "segmentation":
+                chosen, scores = segmentation.target(loaded, batch, target, region)
+                result, raw = compute(loaded, batch, layers, chosen)
+                entries.extend(segmentation.save_batch(args, staging, loaded, names, first,
+                                                       batch, result, raw, chosen, scores,
+                                                       _save_map))
+                continue
             result, raw = compute(loaded, batch, layers, target)
-            entries.extend(_save_batch(args, staging, loaded, paths[first:first + len(batch)],
-                                       first, batch, result, raw))
+            entries.extend(_save_batch(args, staging, loaded, names, first, batch, result,
+                                       raw))
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
                    "method": args.method, "layer": layers, "target": args.target,
                    "device": str(loaded.device), "alpha": args.alpha,

@@ -17,6 +17,11 @@ def add_parser(sub) -> None:
     explaining.add_explain_options(p, CAM_METHODS, "gradcam")
     p.add_argument("--topk", type=positive_int, metavar="K",
                    help="explain the K best classes of each image (instead of --target)")
+    p.add_argument("--region", metavar="X0,Y0,X1,Y1|MASK",
+                   help="segmentation models: explain --target's score summed over this box "
+                        "(in the model input's pixels, x1 and y1 excluded) or over the nonzero "
+                        "pixels of a mask image (brought to the input as the images are) "
+                        "(default: over the pixels the model assigns to the class)")
     p.add_argument("--channels", type=positive_int, metavar="K",
                    help="scorecam, sscam, iscam: use only the K highest-variance channels of each "
                    "image (Faster Score-CAM)")

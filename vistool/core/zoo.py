@@ -451,8 +451,12 @@ def load_model(
     if not isinstance(spec, nn.Module):
         built.model.eval()
     built.model.to(dev)
+    resize = built.resize
+    stated = built.meta.get("input_size")
+    if resize and stated and size[1] != stated[1]:  # a size of one's own: the same margin
+        resize = round(resize * size[1] / stated[1])
     return LoadedModel(
-        model=built.model, transform=make_transform(size, mean_t, std_t, resize=built.resize),
+        model=built.model, transform=make_transform(size, mean_t, std_t, resize=resize),
         classes=list(names) if names else None, input_size=size, mean=mean_t, std=std_t,
         spec=spec_str, metadata=built.meta, weights=built.weights,
         random_weights=built.random_weights, task=built.meta.get("task", "classification"))

@@ -243,7 +243,9 @@ def _check_request(spec: CamMethod, images: torch.Tensor, targets: Targets,
     if callable(targets) and topk is not None:
         raise TargetError("topk needs class indices, not a callable target")
     if callable(targets) and spec.class_target:
-        raise TargetError(f"{spec.name} needs class indices, not a callable target")
+        raise TargetError(f"{spec.name} needs class indices, not a callable target (such as "
+                          "a segmentation target); use a method that explains any score, "
+                          "e.g. gradcam")
     if eigen_smooth and not spec.eigen_smooth:
         raise VistoolError(f"`eigen_smooth` does not apply to {spec.name}: its map is not a "
                            "sum over channels; leave it off")

@@ -36,7 +36,7 @@ class SegmentationTarget:
     model's per-pixel scores (N, classes, H, W) (or its dict's ``"out"``).
 
     Args:
-        category: the class index.
+        category: the class index, or one per image (N,).
         mask: the region, at the output's resolution: (H, W) for every image or (N, H, W),
             boolean or weights (a tensor or an array); or a box ``(x0, y0, x1, y1)`` in
             output pixels (x1, y1 excluded). :meth:`predicted` makes the mask of the pixels
@@ -47,8 +47,9 @@ class SegmentationTarget:
             output does not have (when called).
     """
 
-    def __init__(self, category: int, mask: torch.Tensor | np.ndarray | Sequence[int]):
-        self.category = int(category)
+    def __init__(self, category: int | Sequence[int] | torch.Tensor,
+                 mask: torch.Tensor | np.ndarray | Sequence[int]):
+        self.category = torch.as_tensor(category, dtype=torch.long).reshape(-1)
         if isinstance(mask, (torch.Tensor, np.ndarray)):
             self.mask, self.box = torch.as_tensor(mask), None
         else:
@@ -59,12 +60,28 @@ class SegmentationTarget:
             self.mask, self.box = None, box
 
     @classmethod
-    def predicted(cls, output, category: int) -> SegmentationTarget:
-        """The target over the pixels whose highest score is ``category``'s in ``output``
-        (the model's output for the images to explain), one mask per image."""
+    def predicted(cls, output, category: int | Sequence[int] | torch.Tensor
+                  ) -> SegmentationTarget:
+        """The target over the pixels whose highest score is ``category``'s (one for all
+        images or one per image) in ``output`` (the model's output for the images to
+        explain), one mask per image."""
         scores = main_output(output).detach()
-        _check_category(category, scores)
-        return cls(category, scores.argmax(1) == category)
+        target = cls(category, (0, 0, 1, 1))
+        index = target._categories(scores)
+        target.mask, target.box = scores.argmax(1) == index.to(scores.device)[:, None, None], None
+        return target
+
+    def _categories(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N,) the category of each image of ``scores`` (N, classes, H, W), checked."""
+        n, classes = scores.shape[:2]
+        if self.category.numel() not in (1, n):
+            raise TargetError(f"got {self.category.numel()} categories for {n} images; give "
+                              "one, or one per image")
+        bad = self.category[(self.category < 0) | (self.category >= classes)]
+        if bad.numel():
+            raise TargetError(f"class index {int(bad[0])} is out of range; the model has "
+                              f"{classes} classes (0..{classes - 1})")
+        return self.category.expand(n)
 
     def region(self, shape: Sequence[int]) -> torch.Tensor:
         """The mask (N or 1, H, W) as float for an output of ``shape`` (N, classes, H, W)."""
@@ -90,18 +107,12 @@ class SegmentationTarget:
         if scores.dim() != 4:
             raise TargetError(f"a segmentation target needs per-pixel scores (N, classes, H, "
                               f"W); the model output has shape {tuple(scores.shape)}")
-        _check_category(self.category, scores)
+        index = self._categories(scores).to(scores.device)
         mask = self.region(scores.shape).to(scores.device, scores.dtype)
-        return (scores[:, self.category] * mask).sum((1, 2))
+        chosen = scores[torch.arange(len(index), device=scores.device), index]  # (N, H, W)
+        return (chosen * mask).sum((1, 2))
 
     def __repr__(self) -> str:
         where = f"box {self.box}" if self.box is not None else (
             f"mask {tuple(self.mask.shape)}")
-        return f"SegmentationTarget(category={self.category}, {where})"
-
-
-def _check_category(category: int, scores: torch.Tensor) -> None:
-    classes = scores.shape[1]
-    if not 0 <= category < classes:
-        raise TargetError(f"class index {category} is out of range; the model has {classes} "
-                          f"classes (0..{classes - 1})")
+        return f"SegmentationTarget(category={self.category.tolist()}, {where})"
