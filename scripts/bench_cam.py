@@ -18,6 +18,12 @@
   fast mode's map correlation to the exact map is measured on the trained shapes CNN
   (trained on first use, cached).
 
+* Segmentation (``--sections segmentation``): Grad-CAM of a class's score over its
+  predicted pixels on deeplabv3_resnet50 and fcn_resnet50 (random weights, batch 2,
+  128²), vistool (``SegmentationTarget``) against pytorch-grad-cam (its tutorial's model
+  wrapper and ``SemanticSegmentationTarget``) and the bound (forward + autograd.grad of
+  that score to ``backbone.layer4``).
+
 Peers come from ``pip install -e '.[bench]'``; a missing peer is reported and skipped.
 Times are medians of interleaved repeats after a warm-up. The peers' NumPy (OpenBLAS)
 threads are told to sleep after 2^4 idle cycles instead of spinning for about 2^28: in an
@@ -227,7 +233,8 @@ def main() -> None:
                         help="channels of Faster Score-CAM (default: %(default)s)")
     parser.add_argument("--sections", default="gradcam,scorecam,methods",
                         help="comma-separated: gradcam (Grad-CAM, closed form, topk), scorecam "
-                        "(exact and fast vs the peers), methods (every method's table) "
+                        "(exact and fast vs the peers), methods (every method's table), "
+                        "segmentation (Grad-CAM of segmentation models) "
                         "(default: %(default)s)")
     parser.add_argument("--tables", default="shapes,resnet50,perturbation,vit",
                         help="methods: which tables (default: %(default)s)")
@@ -248,6 +255,60 @@ def main() -> None:
     if "methods" in sections:
         methods_section(device, args.repeats, args.samples, args.tables.split(","),
                         args.methods.split(",") if args.methods else None)
+    if "segmentation" in sections:
+        segmentation_section(device, args.repeats)
+
+
+def segmentation_section(device, repeats: int) -> None:
+    if not have("pytorch_grad_cam"):
+        print("\npytorch-grad-cam missing: segmentation section skipped")
+        return
+    for name in ("deeplabv3_resnet50", "fcn_resnet50"):
+        segmentation_case(name, device, repeats)
+
+
+class _Out(torch.nn.Module):
+    """pytorch-grad-cam's tutorial: the segmentation model returning its "out"."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model(images)["out"]
+
+
+def segmentation_case(name: str, device, repeats: int) -> None:
+    import pytorch_grad_cam as gc
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    import vistool
+
+    loaded = vistool.load_model(name, weights="none", device=device, seed=0)
+    model, layer = loaded.model, loaded.default_layer
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        scores = model(x)["out"]
+    category = int(scores.argmax(1).flatten().mode().values)
+    target = vistool.SegmentationTarget.predicted(scores, category)
+    peer = gc.GradCAM(_Out(model), [model.get_submodule(layer)])
+    theirs = [SemanticSegmentationTarget(category, m.cpu().numpy()) for m in target.mask]
+
+    def bound():
+        with preserved_state(model, frozen=True), torch.enable_grad(), \
+                record(model, layer, gradients=True) as rec:
+            return torch.autograd.grad(target(model(x)).sum(), rec.outputs)
+
+    times = timeit({
+        "bound (forward + grad)": bound,
+        "vistool gradcam": lambda: explain(loaded, x, "gradcam", targets=target),
+        "pytorch-grad-cam GradCAM": lambda: peer(x, theirs),
+    }, repeats, device)
+    report(f"Segmentation Grad-CAM, {name} {layer}, class {category} over its "
+           f"{float(target.mask.float().mean()):.0%} of the pixels, batch 2, 128², {device}",
+           times, "bound (forward + grad)")
+    print(f"  speed-up against pytorch-grad-cam: "
+          f"{times['pytorch-grad-cam GradCAM'] / times['vistool gradcam']:.2f}x")
 
 
 def gradcam_section(device, repeats: int) -> None:

@@ -8,6 +8,11 @@ difference relative to captum's largest value, and the seconds vistool took. A m
 last linear layer is all zeros (torchvision's untrained ViTs) gets it re-initialised
 (normal, std 0.01) so the comparison is not of two constant maps; the table says so.
 
+With ``--segmentation``, every semantic segmentation model of torchvision instead (128²
+inputs, two images): Grad-CAM of the score of the class with the most pixels summed over
+its predicted pixels (``vistool.SegmentationTarget``), against captum's ``LayerGradCam``
+of that same score (a forward function returning it).
+
 Prints a Markdown table (and the failures' messages); ``--models`` picks a subset.
 """
 
@@ -88,23 +93,52 @@ def sweep_one(name: str) -> dict:
             "seconds": seconds, "note": note if scale > 0 else (note + " constant map").strip()}
 
 
+def sweep_segmentation(name: str) -> dict:
+    from captum.attr import LayerGradCam
+
+    loaded = vistool.load_model(name, weights="none", device="cpu", input_size=128, seed=0)
+    model, layer = loaded.model, loaded.default_layer
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scores = model(x)["out"]
+    category = int(scores.argmax(1).flatten().mode().values)
+    target = vistool.SegmentationTarget.predicted(scores, category)
+    start = time.perf_counter()
+    result = vistool.explain(loaded, x, "gradcam", targets=target)
+    seconds = time.perf_counter() - start
+    ours = result.raw[layer]
+    theirs = LayerGradCam(lambda images: target(model(images)), model.get_submodule(layer)
+                          ).attribute(x, relu_attributions=True)[:, 0].detach()
+    scale = float(theirs.abs().max())
+    diff = float((ours - theirs).abs().max()) / (scale if scale > 0 else 1.0)
+    share = float(target.mask.float().mean())
+    note = f"class {category}, {share:.0%} of the pixels" + ("" if scale > 0 else ", constant")
+    return {"model": name, "layer": layer, "layout": "nchw",
+            "grid": "x".join(map(str, ours.shape[-2:])), "closed": "no", "diff": diff,
+            "seconds": seconds, "note": note}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated names (default: all classifiers)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--segmentation", action="store_true",
+                        help="sweep the semantic segmentation models instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # torchvision's and captum's notices, once per model
+    module = (torchvision.models.segmentation if args.segmentation else torchvision.models)
     names = (args.models.split(",") if args.models
-             else torchvision.models.list_models(module=torchvision.models))
+             else torchvision.models.list_models(module=module))
+    sweep = sweep_segmentation if args.segmentation else sweep_one
     print("| model | default layer | layout | grid | closed form | max rel. diff vs captum "
           "| seconds | note |\n|---|---|---|---|---|---|---|---|", flush=True)
     failures, worst = [], 0.0
     for name in names:
         try:
-            row = sweep_one(name)
+            row = sweep(name)
         except Exception as exc:  # a sweep reports every model, failed ones included
             failures.append((name, "".join(traceback.format_exception_only(exc)).strip()))
             print(f"| {name} | FAILED | | | | | | {type(exc).__name__} |", flush=True)
