@@ -35,6 +35,9 @@ SKIPPED = {
     "make demo": "tests/test_demo.py runs scripts/demo.py (what it calls) with the models "
                  "trained once per session, and opens its gallery in Chromium",
     "make test": "runs the whole test suite, this file included",
+    "vistool gradcam --model deeplabv3_resnet50 --target person img.jpg": "deeplabv3_resnet50 "
+        "at 520 pixels takes long on a CPU without its weights (a download); "
+        "tests/test_segmentation.py runs the command on fcn_resnet50 at 64 pixels",
     "vistool dashboard": "serves Streamlit until stopped; tests/test_dashboard.py starts and "
                          "stops the server and drives the app",
     "vistool dashboard --host 0.0.0.0 --port 8501 --allow-path /data/checkpoints": "serves "

@@ -8,8 +8,9 @@ import json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the model names --model accepts",
-                       description="List torchvision classification models and vistool's book "
-                                   "models. --model also takes checkpoints and file.py:factory.")
+                       description="List torchvision classification and semantic segmentation "
+                                   "models and vistool's book models. --model also takes "
+                                   "checkpoints and file.py:factory.")
     p.add_argument("--json", action="store_true", help="print {group: [names]} as JSON")
     p.set_defaults(func=run)
 
