@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "ConstantMapWarning": "core.errors",
     "explain": "explainers.cam",
     "SegmentationTarget": "explainers.targets",
+    "SimilarityTarget": "explainers.targets",
     "Factorization": "explainers.factorization",
     "factorize": "explainers.factorization",
     "Evaluation": "evaluate.suite",
@@ -97,6 +98,7 @@ __all__ = [
     "PerceptualLoss",
     "Recording",
     "SegmentationTarget",
+    "SimilarityTarget",
     "StyleResult",
     "TargetError",
     "TopExamples",
@@ -173,7 +175,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .explainers.attribution import ATTRIBUTION_METHODS, AttributionResult, attribute
     from .explainers.cam import CAM_METHODS, CamResult, explain
     from .explainers.factorization import Factorization, factorize
-    from .explainers.targets import SegmentationTarget
+    from .explainers.targets import SegmentationTarget, SimilarityTarget
     from .synthesize.deepdream import DreamResult, deepdream
     from .synthesize.examples import TopExamples, top_examples
     from .synthesize.fast_style import PerceptualLoss, TransformerNet, stylize

@@ -7,7 +7,7 @@ import json
 import time
 
 from ..core.errors import VistoolError
-from . import segmentation
+from . import segmentation, similarity
 from .options import (
     IMAGES_HELP,
     add_many_options,
@@ -57,6 +57,11 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
     if is_collection(args.images):
         from . import streaming
 
+        for flag in ("similar_to", "region", "embedding"):
+            if getattr(args, flag, None):
+                raise VistoolError(f"--{flag.replace('_', '-')} is not yet supported for "
+                                   "folders, globs, lists and datasets; name the image files")
+
         def process(loaded, batch, keys, layers, target, out):
             if loaded.task == "segmentation":
                 raise VistoolError("folders, globs, lists and datasets of images are not yet "
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
                              {**options, "method": args.method}, seed)
     paths, loaded, layers, batches = prepare_images(args)
     region = segmentation.check(args, loaded)
+    similar = similarity.target(args, loaded)
     target = None if args.target is None else loaded.class_index(args.target)
     out_dir = resolve_run_dir(args.out, args.command)
     entries = []
@@ -75,16 +81,8 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
     with run_directory(out_dir) as staging:
         for first, batch in batches:
             names = paths[first:first + len(batch)]
-            if loaded.task == "segmentation":
-                chosen, scores = segmentation.target(loaded, batch, target, region)
-                result, raw = compute(loaded, batch, layers, chosen)
-                entries.extend(segmentation.save_batch(args, staging, loaded, names, first,
-                                                       batch, result, raw, chosen, scores,
-                                                       _save_map))
-                continue
-            result, raw = compute(loaded, batch, layers, target)
-            entries.extend(_save_batch(args, staging, loaded, names, first, batch, result,
-                                       raw))
+            entries.extend(_explain_batch(args, staging, loaded, names, first, batch, layers,
+                                          compute, target, region, similar))
         options = {"model": args.model, "weights": args.checkpoint or args.weights,
                    "method": args.method, "layer": layers, "target": args.target,
                    "device": str(loaded.device), "alpha": args.alpha,
@@ -101,6 +99,23 @@ def run(args: argparse.Namespace, compute, options: dict, seed: int | None = Non
         print(f"wrote {sum(len(e['explanations']) for e in entries)} {args.method} maps to "
               f"{out_dir}")
     return 0
+
+
+def _explain_batch(args, staging, loaded, names, first, batch, layers, compute, target,
+                   region, similar) -> list[dict]:
+    """Explain one batch for a class, a segmentation class over a region, or a similarity,
+    and save its files; returns the images' manifest entries."""
+    if loaded.task == "segmentation":
+        chosen, scores = segmentation.target(loaded, batch, target, region)
+        result, raw = compute(loaded, batch, layers, chosen)
+        return segmentation.save_batch(args, staging, loaded, names, first, batch, result, raw,
+                                       chosen, scores, _save_map)
+    if similar is not None:
+        result, raw = compute(loaded, batch, layers, similar)
+        return similarity.save_batch(args, staging, loaded, names, first, batch, result, raw,
+                                     similar, _save_map)
+    result, raw = compute(loaded, batch, layers, target)
+    return _save_batch(args, staging, loaded, names, first, batch, result, raw)
 
 
 def _save_batch(args, staging, loaded, paths, first, batch, result, raw) -> list[dict]:
@@ -126,7 +141,8 @@ def _save_map(args, staging, loaded, path, stem, view, heat, cls, prob, raw, t) 
     from ..drawing import apply_colormap, enlarge, overlay
     from ..outputs import save_npy, save_png
 
-    base = f"{stem}_{slug(args.method)}_c{cls}"
+    class_name = loaded.class_name(cls) if isinstance(cls, int) else None  # (else a tag)
+    base = f"{stem}_{slug(args.method)}_{f'c{cls}' if isinstance(cls, int) else cls}"
     save_png(staging / f"{base}_overlay.png",
              enlarge(overlay(view, heat, args.alpha, args.colormap)))
     save_png(staging / f"{base}_heatmap.png", enlarge(apply_colormap(heat, args.colormap)))
@@ -135,7 +151,7 @@ def _save_map(args, staging, loaded, path, stem, view, heat, cls, prob, raw, t) 
         suffix = "" if len(raw) == 1 else f"_{slug(name)}"
         raw_files.append(f"{base}_raw{suffix}.npy")
         save_npy(staging / raw_files[-1], values[t] if getattr(args, "topk", None) else values)
-    return {"target": cls, "name": loaded.class_name(cls), "prob": round(prob, 6),
+    return {"target": cls, "name": class_name, "prob": round(prob, 6),
             "overlay": f"{base}_overlay.png", "heatmap": f"{base}_heatmap.png",
             "raw": raw_files, "png": f"{base}_overlay.png",
-            "caption": f"{path.name} · {args.method} · {loaded.class_name(cls) or cls}"}
+            "caption": f"{path.name} · {args.method} · {class_name or cls}"}

@@ -22,6 +22,13 @@ def add_parser(sub) -> None:
                         "(in the model input's pixels, x1 and y1 excluded) or over the nonzero "
                         "pixels of a mask image (brought to the input as the images are) "
                         "(default: over the pixels the model assigns to the class)")
+    p.add_argument("--similar-to", metavar="REF",
+                   help="explain why each image is similar to this image, or to the mean of "
+                        "this folder's concept images: the cosine similarity of their "
+                        "embeddings (instead of a class)")
+    p.add_argument("--embedding", metavar="LAYER",
+                   help="--similar-to: the layer whose output (averaged over positions) is "
+                        "the embedding (default: the input of the model's last linear layer)")
     p.add_argument("--channels", type=positive_int, metavar="K",
                    help="scorecam, sscam, iscam: use only the K highest-variance channels of each "
                    "image (Faster Score-CAM)")

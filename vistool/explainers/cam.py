@@ -306,8 +306,9 @@ def _forward(net: nn.Module, images: torch.Tensor, layers: list[str], targets: T
     how each maps to (N, K, h, w), the class indices, the scores, the logits and what the
     method's own hooks captured."""
     hooks = spec.hooks(net, layers) if spec.hooks else contextlib.nullcontext()
+    capture = getattr(targets, "capture", None)  # (a SimilarityTarget's embedding)
     with torch.set_grad_enabled(gradients), record(net, layers, gradients=gradients) as rec, \
-            hooks as captured:
+            hooks as captured, capture(net) if capture else contextlib.nullcontext():
         output = net(images)
         index, scores, logits = _scores(output, targets, topk, images.shape[0], spec.score,
                                         options)
@@ -424,12 +425,13 @@ def explain(
         model: a :class:`~vistool.zoo.LoadedModel` or an ``nn.Module``.
         images: preprocessed batch (N, C, H, W) on the model's device.
         method: one of ``CAM_METHODS`` (``vistool methods`` says what each needs).
-        targets: None (the predicted class), a class index for all images, one index per
-            image, or a callable: model output -> one score per image (any other head).
+        targets: None (the predicted class), a class index for all images, one per image,
+            or a callable: model output -> one score per image (segmentation, similarity:
+            :mod:`vistool.explainers.targets`).
         layer: a layer name, or several to fuse; default: the model's default target layer.
         topk: explain the k highest-scoring classes of each image (maps (N, k, H, W)).
         closed_form: use the closed form of a GAP + linear head: None detects it, False
-            always back-propagates, True requires it. ``cam`` always requires it.
+            always back-propagates, True requires it (``cam`` always does).
         batch_size: masked forwards (Score-CAM family, ``ablationcam``; ``sess``: windows) per
             batch; None: sized to the memory (``sess``: 32).
         channels: the Score-CAM family: only the k highest-variance channels of each image.
@@ -438,8 +440,7 @@ def explain(
             core.layout.grid_view`); ``reshape``: output -> (N, C, H, W) for any other.
         fuse: how several layers' maps combine: ``"mean"`` or ``"product"`` (RefineCAM's) of
             the normalised maps, ``"sum"`` of the raw ones; None: the method's own.
-        aug_smooth: the mean map of the six :data:`AUGMENTATIONS` (flipped back), for the
-            classes chosen on the input as given (six explanations).
+        aug_smooth: the mean map of the six :data:`AUGMENTATIONS`, each flipped back.
         eigen_smooth: the first principal component of the weighted activations instead of
             their channel sum, for the methods whose map is such a sum.
         options: the method's own options (``vistool methods`` lists them): ``{"k": 3}``.

@@ -6,18 +6,28 @@ out).
   model's output (pytorch-grad-cam's ``SemanticSegmentationTarget``); the region is the
   pixels the model assigns to the class (:meth:`SegmentationTarget.predicted`), a box or
   a mask.
+* :class:`SimilarityTarget`: the cosine similarity of each image's embedding to a
+  reference image's or a concept's (pytorch-grad-cam's ``SimilarityToConceptTarget``).
+
+A target with a ``capture(net)`` context manager has it entered around the forward pass
+(for what the output does not hold: an embedding).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..core.errors import TargetError
+from ..core.layers import resolve_layers
+from ..core.state import preserved_state
 
-__all__ = ["SegmentationTarget", "main_output"]
+__all__ = ["SegmentationTarget", "SimilarityTarget", "main_output"]
 
 
 def main_output(output) -> torch.Tensor:
@@ -116,3 +126,79 @@ class SegmentationTarget:
         where = f"box {self.box}" if self.box is not None else (
             f"mask {tuple(self.mask.shape)}")
         return f"SegmentationTarget(category={self.category.tolist()}, {where})"
+
+
+class SimilarityTarget:
+    """The cosine similarity of each image's embedding to ``reference`` (D,): "why is this
+    image similar to that one?" (pytorch-grad-cam's ``SimilarityToConceptTarget``).
+
+    Args:
+        reference: the embedding to compare with (:meth:`of_images` makes it from images:
+            one reference image's, or the mean of a folder of concept images).
+        layer: where the embedding is taken: that layer's output (a spatial output is
+            averaged over its positions; other outputs are flattened). None: the input of
+            the model's last ``nn.Linear`` (the classifier head's input: for a ResNet the
+            pooled features).
+
+    Raises:
+        TargetError: a model without a linear layer and no ``layer``; an embedding of
+            another size than ``reference``; the target called outside :func:`explain`.
+    """
+
+    def __init__(self, reference: torch.Tensor, layer: str | None = None):
+        self.reference, self.layer = reference.detach().reshape(-1), layer
+        self._embedding: torch.Tensor | None = None
+
+    @classmethod
+    def of_images(cls, model: nn.Module, images: torch.Tensor,
+                  layer: str | None = None) -> SimilarityTarget:
+        """The target whose reference is the mean embedding of ``images`` (preprocessed
+        (N, C, H, W)) in ``model`` (a module or a loaded model; evaluated in eval mode,
+        without gradients, its state kept)."""
+        net = getattr(model, "model", model)
+        target = cls(torch.zeros(0), layer)
+        with preserved_state(net, eval_mode=True), torch.no_grad(), target.capture(net):
+            net(images)
+            embedding = target._pooled()
+        target.reference = embedding.mean(0)
+        return target
+
+    @contextlib.contextmanager
+    def capture(self, net: nn.Module) -> Iterator[None]:
+        """Within the block, each forward pass of ``net`` keeps its embedding (in the
+        autograd graph) for the call that scores it."""
+        def keep(_module, args, output=None):
+            self._embedding = args[0] if output is None else output
+
+        if self.layer is None:
+            linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise TargetError("the model has no linear layer whose input is its embedding; "
+                                  "give the embedding's layer (`layer=`)")
+            handle = linears[-1].register_forward_pre_hook(keep)
+        else:
+            (module,) = resolve_layers(net, [self.layer])
+            handle = module.register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            handle.remove()
+            self._embedding = None
+
+    def _pooled(self) -> torch.Tensor:
+        if self._embedding is None:
+            raise TargetError("a similarity target scores the embedding of explain()'s "
+                              "forward pass; give it to explain(targets=...)")
+        emb = self._embedding
+        return (emb.mean((2, 3)) if emb.dim() == 4 else emb.flatten(1)).float()
+
+    def __call__(self, _output) -> torch.Tensor:
+        emb = self._pooled()
+        if emb.shape[1] != self.reference.numel():
+            raise TargetError(f"the embedding has {emb.shape[1]} values, the reference "
+                              f"{self.reference.numel()}; make both at the same layer")
+        return F.cosine_similarity(emb, self.reference.to(emb)[None], dim=1)
+
+    def __repr__(self) -> str:
+        return (f"SimilarityTarget({self.reference.numel()} values, layer="
+                f"{self.layer or 'the head input'})")
