@@ -192,6 +192,7 @@ def _weights(path: Path) -> None:
 FILES: dict[str, Callable[[Path], None]] = {
     "cat.jpg": _photo("chelsea"),
     "img.jpg": _photo("coffee"),
+    "ref.jpg": _photo("chelsea"),
     "img.png": _shapes_scene,
     "photos/": _photos,
     "digit.png": _digit,
