@@ -13,6 +13,9 @@ inputs, two images): Grad-CAM of the score of the class with the most pixels sum
 its predicted pixels (``vistool.SegmentationTarget``), against captum's ``LayerGradCam``
 of that same score (a forward function returning it).
 
+With ``--timm``, one timm model per family (``TIMM_FAMILIES``; timm installed), the same
+way as the torchvision classifiers.
+
 Prints a Markdown table (and the failures' messages); ``--models`` picks a subset.
 """
 
@@ -93,6 +96,15 @@ def sweep_one(name: str) -> dict:
             "seconds": seconds, "note": note if scale > 0 else (note + " constant map").strip()}
 
 
+#: one timm model per family: CNNs, vision transformers, hierarchical and hybrid ones
+TIMM_FAMILIES = (
+    "resnet18", "efficientnet_b0", "mobilenetv3_small_050", "regnetx_002", "densenet121",
+    "convnext_atto", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+    "swin_tiny_patch4_window7_224", "mixer_b16_224", "levit_128s", "maxvit_tiny_tf_224",
+    "efficientvit_b0", "coatnet_0_rw_224",
+)
+
+
 def sweep_segmentation(name: str) -> dict:
     from captum.attr import LayerGradCam
 
@@ -125,12 +137,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--segmentation", action="store_true",
                         help="sweep the semantic segmentation models instead")
+    parser.add_argument("--timm", action="store_true",
+                        help="sweep one timm model per family instead (TIMM_FAMILIES)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # torchvision's and captum's notices, once per model
     module = (torchvision.models.segmentation if args.segmentation else torchvision.models)
     names = (args.models.split(",") if args.models
+             else [f"timm:{n}" for n in TIMM_FAMILIES] if args.timm
              else torchvision.models.list_models(module=module))
     sweep = sweep_segmentation if args.segmentation else sweep_one
     print("| model | default layer | layout | grid | closed form | max rel. diff vs captum "

@@ -133,7 +133,8 @@ def layer_table(model: nn.Module, input_size: Sequence[int]) -> list[LayerInfo]:
 def _family_default(model: nn.Module) -> str | None:
     """The literature's layer where the generic rule picks another: for a torchvision ViT
     the last encoder block's first LayerNorm (after it only the class token reaches the
-    head, so later layers have no gradient on the patch tokens); for Swin the last stage's
+    head, so later layers have no gradient on the patch tokens; timm's: ``norm1``, as in
+    pytorch-grad-cam's tutorial); for Swin the last stage's
     output, ``features`` (the rule would take the LayerNorm after it); for torchvision's
     segmentation models the backbone's last stage (``backbone.layer4`` for the ResNets, as
     in pytorch-grad-cam's tutorial), not the classifier that outputs the class scores."""
@@ -143,6 +144,8 @@ def _family_default(model: nn.Module) -> str | None:
         return f"backbone.{list(backbone.named_children())[-1][0]}"  # its last stage
     if kind == "VisionTransformer" and hasattr(model, "encoder"):
         return f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
+    if kind == "VisionTransformer" and hasattr(model, "blocks"):  # timm's (DeiT, ...)
+        return f"blocks.{len(model.blocks) - 1}.norm1"
     if kind == "SwinTransformer" and hasattr(model, "features"):
         return "features"
     return None

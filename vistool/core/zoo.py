@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import timm_zoo
 from .cache import cache_dir, trained_checkpoints
 from .checkpoint import apply_state_dict, load_checkpoint
 from .devices import model_device, resolve_device
@@ -180,10 +181,14 @@ def _torchvision_names(task: str = "classification") -> list[str]:
 
 def list_models() -> dict[str, list[str]]:
     """Model names ``load_model`` accepts, by group: torchvision classifiers
-    (``"torchvision"``), torchvision semantic segmentation models (``"segmentation"``) and
-    the trainers' book models (``"book"``)."""
-    return {"torchvision": _torchvision_names(),
-            "segmentation": _torchvision_names("segmentation"), "book": book_models()}
+    (``"torchvision"``), torchvision semantic segmentation models (``"segmentation"``),
+    the trainers' book models (``"book"``) and, with timm installed, timm's (``"timm"``,
+    as ``timm:NAME``)."""
+    groups = {"torchvision": _torchvision_names(),
+              "segmentation": _torchvision_names("segmentation"), "book": book_models()}
+    if timm_zoo.available():
+        groups["timm"] = timm_zoo.names()
+    return groups
 
 
 def _hub_file(weights) -> Path:
@@ -336,6 +341,13 @@ def _from_torchvision(name: str, weights: str) -> _Built:
                   weights == "none", resize)
 
 
+def _from_timm(name: str, weights: str) -> _Built:
+    model, meta, resize = timm_zoo.build(name, pretrained=weights == "default")
+    described = {"default": f"timm {name} pretrained weights",
+                 "none": "random initialisation (weights: none)"}.get(weights, "")
+    return _Built(model, meta, described, weights == "none", resize)
+
+
 def _from_book(name: str, weights: str) -> _Built:
     if weights == "default":
         trained = trained_checkpoints(name)
@@ -369,6 +381,8 @@ def _resolve(spec: str | nn.Module, spec_str: str, weights: str) -> _Built:
         return _Built(spec, weights="the module as given")
     if Path(spec_str).suffix in CHECKPOINT_SUFFIXES and ":" not in spec_str:
         return _from_checkpoint(spec_str, weights)
+    if spec_str.startswith(timm_zoo.PREFIX):
+        return _from_timm(spec_str[len(timm_zoo.PREFIX):], weights)
     if ":" in spec_str:
         return _from_factory(spec_str, weights)
     if spec_str in _torchvision_names() + _torchvision_names("segmentation"):
@@ -415,7 +429,8 @@ def load_model(
 
     Args:
         spec: a torchvision classification or semantic segmentation model name
-            (``"vgg16"``, ``"deeplabv3_resnet50"``), a registered book
+            (``"vgg16"``, ``"deeplabv3_resnet50"``), a timm model (``"timm:convnext_tiny"``,
+            with the ``timm`` extra installed), a registered book
             model name (``"lenet"``, ``"shapes_cnn"``), a checkpoint written by ``trainers``
             (``.safetensors``; it rebuilds its own architecture),
             ``"path/to/file.py:factory"`` or ``"package.module:factory"`` (a callable
