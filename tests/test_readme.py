@@ -118,12 +118,13 @@ def cli_argv(line: str) -> list[str] | None:
 
 
 def offline(argv: list[str]) -> list[str]:
-    """``argv`` with ``--weights none`` for a torchvision model given no ``--weights``: the
+    """``argv`` with ``--weights none`` for a torchvision or timm model given no ``--weights``: the
     default pretrained weights would be downloaded (45 to 550 MB, no network in tests).
     Random weights run the same code apart from the download, and the class names (which
     ``--target tabby`` needs) come with the model either way."""
     model = _option(argv, "--model")
-    if model in TORCHVISION_MODELS and "--weights" not in argv:
+    pretrained = model in TORCHVISION_MODELS or (model or "").startswith("timm:")
+    if pretrained and "--weights" not in argv:
         return [*argv, "--weights", "none"]
     return argv
 
