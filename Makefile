@@ -80,7 +80,7 @@ bench: $(STAMP) $(PEER_STAMP)
 	test -f $(VENV)/peers/.lucent-0.1.8 || ($(BIN)/python -m pip install -q --no-deps --upgrade \
 		--target $(VENV)/peers torch-lucent==0.1.8 kornia==0.4.1 decorator \
 		&& touch $(VENV)/peers/.lucent-0.1.8)
-	$(BIN)/python scripts/bench_featureviz.py
+	$(BIN)/python scripts/bench_featureviz.py --steps 32,64,128,256 --rounds 1 --cases lucent,floor,vistool --examples 128
 	$(BIN)/python scripts/bench_metrics.py
 
 clean:

@@ -17,6 +17,13 @@ the standard transformations (lucent's ``standard_transforms``; vistool's ``Tran
   optimize``, same draws) with the learning rate constant at 0.05 as lucent's, which
   shows what the evaluation costs and what the schedule does to quality.
 
+``--steps 32,64,128,256`` runs the comparison at each step count and ends with one table
+of quality and speed against lucent batched (``--cases lucent,floor,vistool`` leaves out the
+slow one-at-a-time lucent). ``--examples N`` also times the dataset-examples pass (the
+CLI's, which saves its state after every batch, and ``vistool.top_examples``) over N JPEGs
+against the model's plain forward and its forward up to the layer, through the same
+DataLoader.
+
 Speed is channel-steps per second (8 channels x S steps / seconds), the median of
 interleaved rounds (a, b, c, d, a, b, ...) after a warm-up; the ratios are of medians,
 with the range of the per-round ratios. Quality is the mean transform-robust activation
@@ -66,7 +73,8 @@ def import_lucent() -> types.SimpleNamespace | None:
     """lucent's modules from ``.venv/peers`` (put first on ``sys.path`` here only), or None."""
     if PEERS.is_dir() and str(PEERS) not in sys.path:
         sys.path.insert(0, str(PEERS))
-    if importlib.util.find_spec("IPython") is None:  # lucent.misc.io.showing imports it
+    if "IPython" not in sys.modules and importlib.util.find_spec("IPython") is None:
+        # lucent.misc.io.showing imports it
         stub = types.ModuleType("IPython")
         stub.display = types.ModuleType("IPython.display")
         sys.modules.setdefault("IPython", stub)
@@ -209,78 +217,187 @@ def run_rounds(cases: dict[str, Case], steps: int, rounds: int) -> dict[str, lis
     return times
 
 
+CASES = {"lucent1": "lucent, one channel at a time", "lucent": "lucent, batched",
+         "floor": "floor (features[:17] fwd+bwd)", "vistool": "vistool render_filters",
+         "loop": LOOP}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=32, help="Adam steps (default: %(default)s)")
+    parser.add_argument("--steps", default="32",
+                        help="Adam steps, or a comma-separated list of step counts, each "
+                             "timed and scored on its own (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved timed rounds after a warm-up (default: %(default)s)")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help="which cases to run, of " + ", ".join(
+                            f"{key} ({name})" for key, name in CASES.items())
+                        + " (default: all)")
+    parser.add_argument("--examples", type=int, default=0, metavar="N",
+                        help="also time dataset examples over N JPEGs against the plain "
+                             "forward (default: 0, not run)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 4 steps, 1 round (overrides --steps and --rounds)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     args = parser.parse_args()
-    steps, rounds = (4, 1) if args.quick else (args.steps, args.rounds)
+    counts = [4] if args.quick else [int(s) for s in args.steps.split(",")]
+    rounds = 1 if args.quick else args.rounds
+    wanted = {CASES[key] for key in args.cases.split(",")}
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     loaded = vistool.load_model("vgg16", weights="none", device="cpu")
     lucent = import_lucent()
-
     print(f"Feature visualisation, vgg16 (random weights, seed {args.seed}) {LAYER}, channels "
-          f"0-{len(CHANNELS) - 1}, {SIZE}², {steps} steps, Adam lr {LR}, CPU, "
+          f"0-{len(CHANNELS) - 1}, {SIZE}², Adam lr {LR}, CPU, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}"
           + (f", lucent 0.1.8 with kornia {lucent.kornia}" if lucent else ""))
     print(f"Load average at the start: {load()}")
     began = time.perf_counter()
+    if lucent is not None:
+        check_hooks(lucent, loaded)
+    summary = [one_count(loaded, lucent, steps, rounds, args.seed, wanted) for steps in counts]
+    if len(counts) > 1:
+        print("\nAcross step counts (vistool render_filters against lucent batched):")
+        print(f"  {'steps':>5} {'robust act.':>12} {'lucent':>8} {'quality':>8} {'speed':>7}")
+        for steps, row in zip(counts, summary):
+            if row:
+                print(f"  {steps:5d} {row[0]:12.4f} {row[1]:8.4f} {row[0] / row[1]:7.2f}x "
+                      f"{row[2]:6.2f}x")
+    if args.examples:
+        examples_bench(loaded, args.examples, rounds, args.seed)
+    print(f"\nLoad average at the end: {load()}; {time.perf_counter() - began:.0f} s in all")
+
+
+def one_count(loaded, lucent, steps: int, rounds: int, seed: int,
+              wanted: set[str]) -> tuple[float, float, float] | None:
+    """The timed table and the quality at ``steps`` steps; returns vistool's and lucent
+    batched's mean robust activation and the speed ratio, when both ran."""
     images: dict[str, torch.Tensor] = {}
     cases: dict[str, Case] = {}
     if lucent is not None:
-        check_hooks(lucent, loaded)
-        cases.update(lucent_cases(lucent, copy.deepcopy(loaded.model), args.seed, images))
-    cases["floor (features[:17] fwd+bwd)"] = floor_case(loaded.model, args.seed)
-    cases.update(vistool_cases(loaded, args.seed, images))
-    print(f"\n{rounds} interleaved rounds:")
+        cases.update(lucent_cases(lucent, copy.deepcopy(loaded.model), seed, images))
+    cases[CASES["floor"]] = floor_case(loaded.model, seed)
+    cases.update(vistool_cases(loaded, seed, images))
+    cases = {name: fn for name, fn in cases.items() if name in wanted}
+    print(f"\n{steps} steps, {rounds} interleaved rounds:")
     times = run_rounds(cases, steps, rounds)
-
-    base = "vistool render_filters"
+    base = CASES["vistool"]
     work = len(CHANNELS) * steps
-    quality = {name: robust_activation(loaded, imgs, args.seed) for name, imgs in images.items()}
+    quality = {name: robust_activation(loaded, imgs, seed) for name, imgs in images.items()}
     print(f"\n  {'':<32} {'median':>9} {'ch-steps/s':>11} {'time/vist.':>11} "
           f"{'robust act. (mean, min-max)':>30}")
     for name, values in times.items():
         med = statistics.median(values)
         q = quality.get(name)
         qtext = f"{q.mean():9.4f} ({q.min():.3f} - {q.max():.3f})" if q is not None else ""
-        print(f"  {name:<32} {med:7.2f} s {work / med:11.2f} "
-              f"{med / statistics.median(times[base]):10.2f}x {qtext:>30}")
+        against = (f"{med / statistics.median(times[base]):10.2f}x" if base in times
+                   else f"{'':>11}")
+        print(f"  {name:<32} {med:7.2f} s {work / med:11.2f} {against} {qtext:>30}")
 
-    def ratio(slow: str, fast: str, goal: float | None, text: str) -> None:
+    def ratio(slow: str, fast: str, goal: float | None, text: str) -> float | None:
         if slow not in times or fast not in times:
-            return
+            return None
         per_round = sorted(s / f for s, f in zip(times[slow], times[fast]))
         value = statistics.median(times[slow]) / statistics.median(times[fast])
         print(f"  {text:<44} {value:6.2f}x   (rounds {per_round[0]:.2f}-{per_round[-1]:.2f}x"
               + (f"; goal {goal:g}x: {'met' if value >= goal else 'short'})" if goal else ")"))
+        return value
 
     print("\nSpeed ratios (channel-steps per second):")
-    ratio("lucent, batched", base, 3, "vistool / lucent batched")
-    ratio("lucent, one channel at a time", base, 10, "vistool / lucent one at a time")
-    ratio("lucent, batched", LOOP, None, "vistool loop / lucent batched")
-    ratio("lucent, one channel at a time", LOOP, None, "vistool loop / lucent one at a time")
-    floor = "floor (features[:17] fwd+bwd)"
+    speed = ratio(CASES["lucent"], base, 3, "vistool / lucent batched")
+    ratio(CASES["lucent1"], base, 10, "vistool / lucent one at a time")
+    ratio(CASES["lucent"], LOOP, None, "vistool loop / lucent batched")
+    ratio(CASES["lucent1"], LOOP, None, "vistool loop / lucent one at a time")
+    floor = CASES["floor"]
     for name, goal in ((base, 1.35), (LOOP, None)):
+        if name not in times or floor not in times:
+            continue
         per_round = sorted(v / f for v, f in zip(times[name], times[floor]))
         value = statistics.median(times[name]) / statistics.median(times[floor])
         print(f"  {name.replace('render_filters', 'render_filters time') + ' / floor time':<44} "
               f"{value:6.2f}x   (rounds {per_round[0]:.2f}-{per_round[-1]:.2f}x"
               + (f"; goal <= {goal:g}x: {'met' if value <= goal else 'short'})" if goal else ")"))
-    if "lucent, batched" in quality:
-        print(f"\nQuality at {steps} steps (goal: vistool >= lucent batched):")
-        theirs = quality["lucent, batched"].mean()
-        for name in (base, LOOP):
-            ours = quality[name].mean()
+    if CASES["lucent"] not in quality:
+        return None
+    print(f"\nQuality at {steps} steps (goal: vistool >= lucent batched):")
+    theirs = float(quality[CASES["lucent"]].mean())
+    for name in (base, LOOP):
+        if name in quality:
+            ours = float(quality[name].mean())
             print(f"  {name:<44} {ours / theirs:6.2f}x lucent batched "
                   f"({'met' if ours >= theirs else 'short'})")
-    print(f"\nLoad average at the end: {load()}; {time.perf_counter() - began:.0f} s in all")
+    if base not in quality or speed is None:
+        return None
+    return float(quality[base].mean()), theirs, speed
+
+
+def examples_bench(loaded, count: int, rounds: int, seed: int) -> None:
+    """Dataset examples of ``features.16`` over ``count`` 256² JPEGs (written to a temporary
+    folder, read and transformed by the model's preprocessing through the CLI's DataLoader,
+    batches of 32): the CLI's resumable pass (which saves its state after every batch) and
+    ``vistool.top_examples`` on that loader's batches, against the model's plain forward
+    and its forward up to the layer over the same loader, interleaved rounds."""
+    import argparse as ap
+    import tempfile
+
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from vistool.cli.filters import _examples_pass
+    from vistool.data.sources import ImageStream, collate, collect
+
+    folder = Path(tempfile.mkdtemp(prefix="vistool-bench-examples-"))
+    rng = np.random.default_rng(seed)
+    for i in range(count):  # smooth random colour fields: JPEG decoding costs as a photo's
+        small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((256, 256), Image.BICUBIC).save(folder / f"{i:05d}.jpg")
+    sources = collect([str(folder)])
+    args = ap.Namespace(model="vgg16", weights="none", checkpoint=None, layer=LAYER, top=9)
+    resume = folder / "state.pt"
+
+    def batches():
+        loader = DataLoader(ImageStream(sources, loaded.transform), batch_size=32,
+                            collate_fn=collate)
+        return (batch for _, batch, _ in loader)
+
+    def cli_pass():
+        resume.unlink(missing_ok=True)  # (else the rerun resumes from the finished pass)
+        _examples_pass(args, loaded, sources, resume)
+
+    def library():
+        vistool.top_examples(loaded, batches(), LAYER, 9)
+
+    def plain():
+        with torch.inference_mode():
+            for batch in batches():
+                loaded.model(batch)
+
+    def to_layer():
+        with torch.inference_mode():
+            for batch in batches():
+                forward_until(loaded.model, batch, [LAYER], gradients=False)
+
+    cases = {"CLI --examples pass": cli_pass, "vistool.top_examples": library,
+             "model forward (whole)": plain, f"forward to {LAYER}": to_layer}
+    print(f"\nDataset examples, vgg16 {LAYER}, {count} 256² JPEGs -> 224², batches of 32, "
+          f"{rounds} interleaved rounds after a warm-up:")
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(rounds + 1):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            if r:  # round 0 warms up
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, med in medians.items():
+        print(f"  {name:<28} {med:7.2f} s {count / med:8.1f} images/s")
+    for name in ("CLI --examples pass", "vistool.top_examples"):
+        for base, goal in (("model forward (whole)", 1.15), (f"forward to {LAYER}", None)):
+            value = medians[name] / medians[base]
+            print(f"  {name} time / {base} time: {value:.3f}x"
+                  + (f" (goal <= {goal}x: {'met' if value <= goal else 'short'})" if goal
+                     else ""))
 
 
 def load() -> str:
