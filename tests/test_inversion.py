@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import vistool
+from vistool import VistoolError
 from vistool.cli import main
 from vistool.data.shapes import render_scene
 
@@ -109,6 +110,8 @@ def test_top_examples_are_the_brute_force_top_k_in_one_pass(shapes):
     assert found.images == 500 and found.grid == (8, 8)
     again = top_examples(loaded, x.split(7), "features.12", top=9)  # any batching
     assert torch.equal(again.indices, found.indices)
+    with pytest.raises(VistoolError, match="`top=0` must be at least 1"):
+        top_examples(loaded, x.split(7), "features.12", top=0)
     # three 3x3 convolutions after three 2x2 poolings see 38 pixels; the first ReLU, 3
     assert receptive_field(loaded, "features.12", 64) == 38
     assert receptive_field(loaded, "features.2", 64) == 3
@@ -130,9 +133,14 @@ def test_filters_examples_command_writes_each_channels_examples(trained_shapes, 
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.png").write_bytes(b"not an image")
     for bad, message in ((["--examples", str(tmp_path / "junk")], "no images to find examples"),
-                         (["--examples", str(tmp_path / "missing")], "does not exist")):
+                         (["--examples", str(tmp_path / "missing")], "does not exist"),
+                         (["--examples", "shapes:8", "--top", "0"], "--top")):
         capsys.readouterr()
-        assert main([*argv, *bad, "--out", str(tmp_path / "bad")]) == 2
+        try:
+            status = main([*argv, *bad, "--out", str(tmp_path / "bad")])
+        except SystemExit as exc:  # argparse's own errors
+            status = exc.code
+        assert status == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(errors) == 1 and message in errors[0] and not (tmp_path / "bad").exists()
 
